@@ -1,0 +1,525 @@
+"""The AutoGLMDeployment API (autoglm.io/v1alpha1): the single source of truth for the CRD.
+
+`make crds` turns these pydantic models into ``crds/autoglm.io_autoglmdeployments.yaml``
+(see :mod:`autoglm_operator.crd`). Cross-field rules are declared once, as CEL, with
+:func:`cel_rules`; the API server evaluates them from the CRD and the operator evaluates the same
+expressions (with cel-python) when it parses a spec, so both say the same thing.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from autoglm_runtime.settings import ComputeDtype
+
+GROUP = "autoglm.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "AutoGLMDeployment"
+PLURAL = "autoglmdeployments"
+SINGULAR = "autoglmdeployment"
+SHORT_NAMES = ["agd"]
+CATEGORIES = ["autoglm"]
+
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+SOURCE_PATTERN = (
+    r"^(hf://[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"
+    r"|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^\s]*)?"
+    r"|https://[^\s/]+(/[^\s]*)?)$"
+)
+
+
+class CelRule(BaseModel):
+    """One ``x-kubernetes-validations`` entry."""
+
+    rule: str
+    message: str
+    field_path: str | None = None
+
+
+def cel_rules(*rules: CelRule) -> dict[str, Any]:
+    """Model config extra that attaches CEL rules to a model's schema (read by crd.py and _check_cel)."""
+    return {
+        "x-kubernetes-validations": [
+            {"rule": r.rule, "message": r.message, **({"fieldPath": r.field_path} if r.field_path else {})}
+            for r in rules
+        ]
+    }
+
+
+class ApiModel(BaseModel):
+    """Base of every API model: camelCase on the wire, unknown fields rejected, CEL rules enforced."""
+
+    model_config = ConfigDict(
+        alias_generator=AliasGenerator(validation_alias=to_camel, serialization_alias=to_camel),
+        populate_by_name=True,
+        extra="forbid",
+        use_enum_values=False,
+    )
+
+    @model_validator(mode="after")
+    def _check_cel(self) -> ApiModel:
+        rules = (self.model_config.get("json_schema_extra") or {}).get("x-kubernetes-validations")  # type: ignore[union-attr]
+        if rules:
+            from autoglm_operator.cel import evaluate_rules
+
+            failures = evaluate_rules(rules, self.model_dump(by_alias=True, exclude_none=True, mode="json"))
+            if failures:
+                raise ValueError("; ".join(f"{path}: {msg}" if path else msg for path, msg in failures))
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# spec.model
+# --------------------------------------------------------------------------------------------
+
+
+class ModelCache(ApiModel):
+    """Where weights are cached. Either an existing claim or one the operator creates."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            CelRule(
+                rule="has(self.claimName) != has(self.size)",
+                message="set exactly one of claimName (use an existing PVC) or size (the operator creates one)",
+            )
+        )
+    )
+
+    claim_name: str | None = Field(
+        None, max_length=253, pattern=DNS_LABEL_PATTERN, description="Existing PersistentVolumeClaim to cache weights in."
+    )
+    size: str | None = Field(
+        None, pattern=QUANTITY_PATTERN, description="Size of a cache PVC the operator creates, e.g. 40Gi."
+    )
+    storage_class_name: str | None = Field(None, description="Storage class of the created PVC.")
+    access_mode: str = Field(
+        "ReadWriteOnce",
+        pattern="^(ReadWriteOnce|ReadWriteMany|ReadWriteOncePod)$",
+        description="Access mode of the created PVC; ReadWriteMany lets replicas on several nodes share it.",
+    )
+
+
+class ModelShape(ApiModel):
+    """Hints for the memory estimator when the model is not in the built-in catalog (override it)."""
+
+    parameters: int | None = Field(None, ge=1, description="Total parameter count.")
+    num_layers: int | None = Field(None, ge=1, description="Decoder layers (num_hidden_layers).")
+    num_kv_heads: int | None = Field(None, ge=1, description="Key/value heads (num_key_value_heads).")
+    head_dim: int | None = Field(None, ge=1, description="Dimension of one attention head.")
+    hidden_size: int | None = Field(None, ge=1, description="Hidden size.")
+    vocab_size: int | None = Field(None, ge=1, description="Vocabulary size (embeddings stay 16-bit when quantized).")
+    tie_word_embeddings: bool | None = Field(None, description="Whether lm_head shares the input embeddings.")
+
+
+class ModelSpec(ApiModel):
+    """Which model to serve and where its weights come from."""
+
+    source: str = Field(
+        ...,
+        pattern=SOURCE_PATTERN,
+        max_length=1024,
+        description="Where the weights are: hf://org/name (Hugging Face hub), pvc://claim/path (a volume), "
+        "or an https:// base URL of a hub mirror followed by /org/name.",
+    )
+    revision: str | None = Field(
+        None, max_length=256, description="Hub revision: a commit hash (recommended, reproducible), tag or branch."
+    )
+    credentials_secret: str | None = Field(
+        None,
+        pattern=DNS_LABEL_PATTERN,
+        max_length=253,
+        description="Secret in the same namespace holding the hub token under key `token` (gated/private models).",
+    )
+    trust_remote_code: bool = Field(False, description="Allow the model repository's own Python code to run.")
+    served_model_name: str | None = Field(
+        None, max_length=256, description="Model name clients pass in requests; default: the repository name."
+    )
+    cache: ModelCache | None = Field(None, description="Persistent weights cache; default: an emptyDir per pod.")
+    shape: ModelShape | None = Field(None, description="Estimator hints for models outside the built-in catalog.")
+
+
+# --------------------------------------------------------------------------------------------
+# spec.quantization
+# --------------------------------------------------------------------------------------------
+
+
+class QuantizationMode(StrEnum):
+    """Requested quantization; ``auto`` lets the operator pick the least lossy mode that fits."""
+
+    NONE = "none"
+    FP16 = "fp16"
+    BF16 = "bf16"
+    INT8 = "int8"
+    NF4 = "nf4"
+    FP4 = "fp4"
+    AUTO = "auto"
+
+
+class QuantizationOptions(ApiModel):
+    """4-bit (nf4/fp4) options passed to bitsandbytes."""
+
+    double_quant: bool = Field(True, description="Quantize the quantization constants too (saves ~0.4 bit/param).")
+    compute_dtype: ComputeDtype = Field(ComputeDtype.BF16, description="Dtype 4-bit matmuls compute in.")
+
+
+# --------------------------------------------------------------------------------------------
+# spec.resources
+# --------------------------------------------------------------------------------------------
+
+
+class GpuSpec(ApiModel):
+    """GPUs per replica."""
+
+    count: int = Field(1, ge=0, le=16, description="GPUs per pod; 0 runs on CPU (tests, tiny models).")
+    resource_name: str = Field(
+        "nvidia.com/gpu",
+        pattern=r"^[a-z0-9.-]+/[a-z0-9.-]+$",
+        description="Extended resource to request, e.g. nvidia.com/gpu or a MIG profile nvidia.com/mig-3g.40gb.",
+    )
+    product: str | None = Field(
+        None,
+        max_length=128,
+        description="GPU product: short name (L4, T4, A10G, L40S, A100-40GB, A100-80GB, H100, H200, RTX4090) or "
+        "the nvidia.com/gpu.product label value (NVIDIA-L4). Pods are placed on nodes with that label.",
+    )
+    memory: str | None = Field(
+        None, pattern=QUANTITY_PATTERN, description="Memory of one GPU (e.g. 24Gi); overrides the product table."
+    )
+    compute_capability: str | None = Field(
+        None, pattern=r"^[0-9]+\.[0-9]+$", description="Compute capability (e.g. 8.9); overrides the product table."
+    )
+
+
+class ComputeResources(ApiModel):
+    """CPU and memory of the runtime container."""
+
+    cpu: str | None = Field(None, pattern=QUANTITY_PATTERN, description="CPU, e.g. 4.")
+    memory: str | None = Field(None, pattern=QUANTITY_PATTERN, description="Memory, e.g. 32Gi.")
+
+
+class ResourcesSpec(ApiModel):
+    """Resources of one replica."""
+
+    gpu: GpuSpec = Field(default_factory=GpuSpec, description="GPUs per pod.")
+    requests: ComputeResources = Field(
+        default_factory=lambda: ComputeResources(cpu="2", memory="16Gi"), description="Container requests."
+    )
+    limits: ComputeResources = Field(
+        default_factory=lambda: ComputeResources(memory="32Gi"),
+        description="Container limits; the memory limit is what hostMemoryPercent is a share of.",
+    )
+
+
+class MemorySpec(ApiModel):
+    """Memory budgets, as shares of what the container really has (the JVM MaxRAMPercentage idea)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            CelRule(
+                rule="self.headroomPercent < self.gpuMemoryPercent",
+                message="must be less than gpuMemoryPercent (the headroom is kept inside the GPU budget)",
+                field_path=".headroomPercent",
+            )
+        )
+    )
+
+    gpu_memory_percent: int = Field(
+        90, ge=10, le=100, description="Share of each GPU's memory the runtime may use (torch per-process fraction)."
+    )
+    host_memory_percent: int = Field(
+        75, ge=10, le=100, description="Share of the container memory limit for offloaded weights (accelerate max_memory)."
+    )
+    headroom_percent: int = Field(
+        10, ge=0, le=50, description="Extra margin the fit check keeps free within the GPU budget."
+    )
+    skip_fit_check: bool = Field(
+        False, description="Create pods even when the estimate says the model does not fit (they may OOM)."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# spec.serving
+# --------------------------------------------------------------------------------------------
+
+
+class SecretKeyRef(ApiModel):
+    """A key of a Secret in the CR's namespace."""
+
+    name: str = Field(..., pattern=DNS_LABEL_PATTERN, max_length=253, description="Secret name.")
+    key: str = Field("keys", max_length=253, description="Key in the Secret.")
+
+
+class ServingSpec(ApiModel):
+    """How the runtime serves: batching, limits, auth and TLS."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            CelRule(
+                rule="self.maxBatchSize <= self.maxConcurrentRequests",
+                message="must be <= maxConcurrentRequests",
+                field_path=".maxBatchSize",
+            ),
+        )
+    )
+
+    port: int = Field(8000, ge=1024, le=65535, description="Container and Service port (non-root: >= 1024).")
+    max_batch_size: int = Field(8, ge=1, le=256, description="Requests decoded together; 1 disables batching.")
+    batch_window_ms: int = Field(5, ge=0, le=1000, description="Milliseconds to wait to fill a batch.")
+    max_concurrent_requests: int = Field(64, ge=1, le=10000, description="Requests in flight per pod.")
+    max_queue: int = Field(256, ge=0, le=100000, description="Waiting requests per pod; beyond it 429.")
+    max_input_tokens: int = Field(4096, ge=1, le=1048576, description="Longest prompt in tokens; longer → 400.")
+    max_new_tokens: int = Field(512, ge=1, le=1048576, description="Most tokens generated per request.")
+    request_timeout_seconds: int = Field(300, ge=1, le=86400, description="Wall-clock limit per request.")
+    rate_limit_rps: float = Field(0, ge=0, le=100000, description="Requests per second per pod; 0 = unlimited.")
+    rate_limit_per_key_rps: float = Field(0, ge=0, le=100000, description="Requests per second per API key; 0 = off.")
+    api_key_secret: SecretKeyRef | None = Field(
+        None, description="Secret with the API keys, one per line; unset = no authentication."
+    )
+    tls_secret: str | None = Field(
+        None, pattern=DNS_LABEL_PATTERN, max_length=253, description="kubernetes.io/tls Secret; serves HTTPS when set."
+    )
+    client_ca_secret: SecretKeyRef | None = Field(
+        None, description="CA bundle (key ca.crt by default) to require client certificates (mTLS)."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# spec.autoscaling
+# --------------------------------------------------------------------------------------------
+
+
+class AutoscalingMetric(StrEnum):
+    """What the HPA scales on."""
+
+    INFLIGHT = "inflight-requests"
+    QUEUE = "queue-depth"
+    CPU = "cpu"
+
+
+class ScalingBehavior(ApiModel):
+    """HPA behaviour."""
+
+    scale_up_stabilization_seconds: int = Field(0, ge=0, le=3600, description="Scale-up stabilization window.")
+    scale_down_stabilization_seconds: int = Field(
+        600, ge=0, le=3600, description="Scale-down stabilization window (long: a 9B model takes minutes to load)."
+    )
+
+
+class AutoscalingSpec(ApiModel):
+    """Horizontal autoscaling; the HPA owns the replica count while enabled."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            CelRule(
+                rule="self.minReplicas <= self.maxReplicas",
+                message="must be <= maxReplicas",
+                field_path=".minReplicas",
+            ),
+            CelRule(
+                rule="self.metric != 'cpu' || self.target <= 100",
+                message="is a utilization percentage for metric cpu and must be <= 100",
+                field_path=".target",
+            ),
+        )
+    )
+
+    enabled: bool = Field(True, description="Create an HPA; false keeps the block but scales by spec.replicas.")
+    min_replicas: int = Field(1, ge=1, le=1000, description="Fewest replicas.")
+    max_replicas: int = Field(4, ge=1, le=1000, description="Most replicas.")
+    metric: AutoscalingMetric = Field(
+        AutoscalingMetric.INFLIGHT,
+        description="inflight-requests or queue-depth (per-pod custom metrics from the runtime, need a metrics "
+        "adapter) or cpu (utilization percent).",
+    )
+    target: int = Field(8, ge=1, le=100000, description="Target per pod: requests, queued requests or CPU percent.")
+    behavior: ScalingBehavior = Field(default_factory=ScalingBehavior, description="Stabilization windows.")
+
+
+# --------------------------------------------------------------------------------------------
+# spec.scheduling, image, probes, pdb, monitoring
+# --------------------------------------------------------------------------------------------
+
+
+class Toleration(ApiModel):
+    """A pod toleration (core/v1 Toleration)."""
+
+    key: str | None = Field(None, description="Taint key.")
+    operator: str | None = Field(None, pattern="^(Exists|Equal)$", description="Exists or Equal.")
+    value: str | None = Field(None, description="Taint value.")
+    effect: str | None = Field(
+        None, pattern="^(NoSchedule|PreferNoSchedule|NoExecute)$", description="Taint effect."
+    )
+    toleration_seconds: int | None = Field(None, description="NoExecute toleration time.")
+
+
+class SchedulingSpec(ApiModel):
+    """Where pods may run."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Extra node labels to require.")
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="Extra tolerations (nvidia.com/gpu taints are tolerated already)."
+    )
+    affinity: dict[str, Any] | None = Field(
+        None,
+        description="core/v1 Affinity, passed through unchanged.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    priority_class_name: str | None = Field(None, description="PriorityClass of the pods.")
+    runtime_class_name: str | None = Field(None, description="RuntimeClass, e.g. nvidia.")
+
+
+class ImageSpec(ApiModel):
+    """The runtime image."""
+
+    repository: str = Field("ghcr.io/autoglm/autoglm-runtime", description="Image repository.")
+    tag: str | None = Field(None, description="Image tag; default: the operator's version.")
+    digest: str | None = Field(None, pattern=r"^sha256:[a-f0-9]{64}$", description="Pin by digest (wins over tag).")
+    pull_policy: str = Field("IfNotPresent", pattern="^(Always|IfNotPresent|Never)$", description="Pull policy.")
+    pull_secrets: list[str] = Field(default_factory=list, description="imagePullSecrets names.")
+
+
+class ProbesSpec(ApiModel):
+    """Health probes. The startup budget is derived from the weight size unless set."""
+
+    startup_timeout_seconds: int | None = Field(
+        None, ge=30, le=86400, description="How long a pod may take to load; default: weight size / 50 MB/s + 120 s."
+    )
+    period_seconds: int = Field(10, ge=1, le=300, description="Probe period.")
+    liveness_failure_threshold: int = Field(3, ge=1, le=100, description="Liveness failures before a restart.")
+
+
+class PodDisruptionBudgetSpec(ApiModel):
+    """PodDisruptionBudget for the replicas."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            CelRule(
+                rule="!(has(self.minAvailable) && has(self.maxUnavailable))",
+                message="set at most one of minAvailable and maxUnavailable",
+            )
+        )
+    )
+
+    enabled: bool = Field(True, description="Create a PDB.")
+    min_available: int | None = Field(None, ge=0, description="Pods that must stay up.")
+    max_unavailable: int | None = Field(None, ge=0, description="Pods that may be down; default 1.")
+
+
+class MonitoringSpec(ApiModel):
+    """Prometheus scraping."""
+
+    service_monitor: bool = Field(False, description="Create a monitoring.coreos.com/v1 ServiceMonitor.")
+    interval: str = Field("30s", pattern=r"^[0-9]+(ms|s|m|h)$", description="Scrape interval.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on the ServiceMonitor.")
+
+
+class AutoGLMDeploymentSpec(ApiModel):
+    """Desired state of an AutoGLMDeployment."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            CelRule(
+                rule="!has(self.quantizationOptions) || self.quantization in ['nf4', 'fp4', 'auto']",
+                message="4-bit options need quantization nf4, fp4 or auto",
+                field_path=".quantizationOptions",
+            ),
+            CelRule(
+                rule="!has(self.replicas) || !has(self.autoscaling) || !self.autoscaling.enabled || "
+                "(self.replicas >= self.autoscaling.minReplicas && self.replicas <= self.autoscaling.maxReplicas)",
+                message="must be within autoscaling.minReplicas and autoscaling.maxReplicas",
+                field_path=".replicas",
+            ),
+        )
+    )
+
+    model: ModelSpec = Field(..., description="The model to serve.")
+    quantization: QuantizationMode = Field(
+        QuantizationMode.AUTO, description="none, fp16, bf16, int8, nf4, fp4, or auto (least lossy that fits)."
+    )
+    quantization_options: QuantizationOptions | None = Field(None, description="4-bit options (nf4/fp4).")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="GPUs, CPU and memory per replica.")
+    memory: MemorySpec = Field(default_factory=MemorySpec, description="Memory budgets in percent.")
+    serving: ServingSpec = Field(default_factory=ServingSpec, description="Batching, limits, auth, TLS.")
+    replicas: int | None = Field(
+        None, ge=0, le=1000, description="Replicas when autoscaling is off (also the scale subresource); default 1."
+    )
+    autoscaling: AutoscalingSpec | None = Field(None, description="HPA settings; absent = fixed replicas.")
+    scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec, description="Node placement.")
+    image: ImageSpec = Field(default_factory=ImageSpec, description="Runtime image.")
+    probes: ProbesSpec = Field(default_factory=ProbesSpec, description="Health probes.")
+    pod_disruption_budget: PodDisruptionBudgetSpec = Field(
+        default_factory=PodDisruptionBudgetSpec, description="Disruption budget."
+    )
+    monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec, description="Prometheus scraping.")
+
+    @property
+    def autoscaling_enabled(self) -> bool:
+        return self.autoscaling is not None and self.autoscaling.enabled
+
+
+# --------------------------------------------------------------------------------------------
+# status
+# --------------------------------------------------------------------------------------------
+
+
+class ConditionType(StrEnum):
+    READY = "Ready"
+    PROGRESSING = "Progressing"
+    DEGRADED = "Degraded"
+    MEMORY_FIT = "MemoryFit"
+
+
+class Condition(ApiModel):
+    """Shaped like metav1.Condition."""
+
+    type: str = Field(..., description="Ready, Progressing, Degraded or MemoryFit.")
+    status: str = Field(..., pattern="^(True|False|Unknown)$", description="True, False or Unknown.")
+    reason: str = Field(..., max_length=1024, description="CamelCase reason.")
+    message: str = Field("", max_length=32768, description="Human-readable details.")
+    last_transition_time: str = Field(..., description="When the status last changed (RFC 3339).")
+    observed_generation: int | None = Field(None, ge=0, description="Generation this condition is about.")
+
+
+class MemoryEstimateStatus(ApiModel):
+    """The memory estimate of the chosen quantization, in GiB."""
+
+    weights_gib: float = Field(..., description="Weights.")
+    kv_cache_gib: float = Field(..., description="KV cache at max batch × max tokens.")
+    overhead_gib: float = Field(..., description="CUDA context, activations, fragmentation.")
+    total_gib: float = Field(..., description="Per-replica total.")
+    budget_gib: float = Field(..., description="GPU budget per replica (memory × count × gpuMemoryPercent).")
+    fits: bool = Field(..., description="total <= budget minus headroom.")
+
+
+class AutoGLMDeploymentStatus(ApiModel):
+    """Observed state of an AutoGLMDeployment."""
+
+    observed_generation: int | None = Field(None, description="Generation the operator last reconciled.")
+    conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing, Degraded, MemoryFit.")
+    replicas: int | None = Field(None, description="Pods of the Deployment (scale subresource).")
+    ready_replicas: int | None = Field(None, description="Ready pods.")
+    selector: str | None = Field(None, description="Label selector of the pods (scale subresource).")
+    quantization: str | None = Field(None, description="Quantization in use (auto resolved).")
+    estimated_gpu_memory: str | None = Field(None, description="Estimated GPU memory per replica, e.g. 10.2Gi.")
+    estimate: MemoryEstimateStatus | None = Field(None, description="Estimate breakdown.")
+    endpoint: str | None = Field(None, description="In-cluster URL of the OpenAI-compatible API.")
+
+
+class AutoGLMDeployment(ApiModel):
+    """The whole custom resource (for offline tools; the operator receives spec/status dicts from kopf)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    api_version: str = Field(API_VERSION, pattern=f"^{GROUP}/{VERSION}$", description="autoglm.io/v1alpha1")
+    kind: str = Field(KIND, pattern=f"^{KIND}$", description=KIND)
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Object metadata.")
+    spec: AutoGLMDeploymentSpec = Field(..., description="Desired state.")
+    status: AutoGLMDeploymentStatus | None = Field(None, description="Observed state.")
+
+    JSON_SCHEMA_ROOTS: ClassVar[tuple[str, ...]] = ("spec", "status")
