@@ -39,6 +39,7 @@ class CelRule(BaseModel):
 
     rule: str
     message: str
+    message_expression: str | None = None  # CEL string expression; wins over message when it evaluates
     field_path: str | None = None
 
 
@@ -46,7 +47,12 @@ def cel_rules(*rules: CelRule) -> dict[str, Any]:
     """Model config extra that attaches CEL rules to a model's schema (read by crd.py and _check_cel)."""
     return {
         "x-kubernetes-validations": [
-            {"rule": r.rule, "message": r.message, **({"fieldPath": r.field_path} if r.field_path else {})}
+            {
+                "rule": r.rule,
+                "message": r.message,
+                **({"messageExpression": r.message_expression} if r.message_expression else {}),
+                **({"fieldPath": r.field_path} if r.field_path else {}),
+            }
             for r in rules
         ]
     }
@@ -263,6 +269,7 @@ class ServingSpec(ApiModel):
             CelRule(
                 rule="self.maxBatchSize <= self.maxConcurrentRequests",
                 message="must be <= maxConcurrentRequests",
+                message_expression="'must be <= maxConcurrentRequests (' + string(self.maxConcurrentRequests) + ')'",
                 field_path=".maxBatchSize",
             ),
         )
@@ -319,6 +326,7 @@ class AutoscalingSpec(ApiModel):
             CelRule(
                 rule="self.minReplicas <= self.maxReplicas",
                 message="must be <= maxReplicas",
+                message_expression="'must be <= maxReplicas (' + string(self.maxReplicas) + ')'",
                 field_path=".minReplicas",
             ),
             CelRule(
@@ -433,6 +441,8 @@ class AutoGLMDeploymentSpec(ApiModel):
                 rule="!has(self.replicas) || !has(self.autoscaling) || !self.autoscaling.enabled || "
                 "(self.replicas >= self.autoscaling.minReplicas && self.replicas <= self.autoscaling.maxReplicas)",
                 message="must be within autoscaling.minReplicas and autoscaling.maxReplicas",
+                message_expression="'must be within autoscaling.minReplicas and autoscaling.maxReplicas (' + "
+                "string(self.autoscaling.minReplicas) + '..' + string(self.autoscaling.maxReplicas) + ')'",
                 field_path=".replicas",
             ),
         )

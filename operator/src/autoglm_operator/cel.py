@@ -34,6 +34,11 @@ def evaluate_rules(rules: list[dict[str, Any]], obj: dict[str, Any]) -> list[tup
             msg = f"{r['message']} (rule could not be evaluated: {exc})"
         else:
             msg = r["message"]
+            if not ok and r.get("messageExpression"):
+                try:
+                    msg = str(_program(r["messageExpression"]).evaluate(activation))
+                except Exception:  # the API server also falls back to `message`
+                    msg = r["message"]
         if not ok:
             failures.append((r.get("fieldPath", "").lstrip("."), msg))
     return failures

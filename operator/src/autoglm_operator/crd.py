@@ -8,9 +8,13 @@ with ``x-kubernetes-validations``.
 from __future__ import annotations
 
 import copy
+import types
+import typing
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
+from pydantic.alias_generators import to_camel
 
 from autoglm_operator import api
 
@@ -58,11 +62,41 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
     return out
 
 
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            if (found := _submodel(arg)) is not None:
+                return found
+    return None
+
+
+def _factory_defaults(model: type[BaseModel], node: dict[str, Any]) -> None:
+    """Pydantic leaves ``default_factory`` values out of the schema; the API server needs them to
+    default nested objects (kubebuilder's ``+kubebuilder:default={}``), so they are added here."""
+    props = node.get("properties", {})
+    for name, field in model.model_fields.items():
+        prop = props.get(to_camel(name))
+        if prop is None:
+            continue
+        if field.default_factory is not None:
+            value = field.default_factory()  # type: ignore[call-arg]
+            if isinstance(value, BaseModel):
+                value = value.model_dump(by_alias=True, exclude_none=True, mode="json")
+            prop["default"] = value
+        sub = _submodel(field.annotation)
+        if sub is not None:
+            _factory_defaults(sub, prop)
+
+
 def openapi_schema(model: type[api.ApiModel]) -> dict[str, Any]:
     """Structural OpenAPI v3 schema of one model, as the CRD carries it."""
     raw = model.model_json_schema(by_alias=True, mode="validation")
     defs = raw.pop("$defs", {})
-    return _structural(raw, defs)
+    schema = _structural(raw, defs)
+    _factory_defaults(model, schema)
+    return schema
 
 
 def root_schema() -> dict[str, Any]:
