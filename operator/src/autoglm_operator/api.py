@@ -70,11 +70,13 @@ class ApiModel(BaseModel):
 
     @model_validator(mode="after")
     def _check_cel(self) -> ApiModel:
-        rules = (self.model_config.get("json_schema_extra") or {}).get("x-kubernetes-validations")  # type: ignore[union-attr]
-        if rules:
+        extra = self.model_config.get("json_schema_extra")
+        rules = extra.get("x-kubernetes-validations") if isinstance(extra, dict) else None
+        if isinstance(rules, list):
             from autoglm_operator.cel import evaluate_rules
 
-            failures = evaluate_rules(rules, self.model_dump(by_alias=True, exclude_none=True, mode="json"))
+            obj = self.model_dump(by_alias=True, exclude_none=True, mode="json")
+            failures = evaluate_rules(rules, obj)  # type: ignore[arg-type]
             if failures:
                 raise ValueError("; ".join(f"{path}: {msg}" if path else msg for path, msg in failures))
         return self

@@ -140,7 +140,7 @@ def pydantic_problems(exc: ValidationError, prefix: str = "") -> list[Problem]:
     """Turn a pydantic error into problems whose paths use the wire (camelCase) names."""
     problems = []
     for err in exc.errors():
-        loc = [prefix] if prefix else []
+        loc: list[str | int] = [prefix] if prefix else []
         loc += [p for p in err["loc"] if p not in ("function-after",)]
         message = err["msg"].removeprefix("Value error, ")
         problems.append(Problem(_path(loc), message))
