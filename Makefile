@@ -28,7 +28,6 @@ test-fast: install ## unit tests only (skip slow end-to-end tests)
 
 lint: install ## ruff + mypy
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check operator runtime tests scripts || true
 	$(BIN)/mypy
 
 crds: install ## regenerate crds/ from the pydantic API models
