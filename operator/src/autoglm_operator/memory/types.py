@@ -3,8 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from autoglm_operator.api import MemoryEstimateStatus
 
 GIB = 1024**3
+MIB = 1024**2
+
+
+def gib(n_bytes: int) -> float:
+    """Bytes as GiB rounded to 0.1 (what status and the CLI show)."""
+    return round(n_bytes / GIB, 1)
+
+
+def format_gib(n_bytes: int) -> str:
+    """Bytes as a Kubernetes-style quantity string, e.g. ``10.2Gi`` (status.estimatedGpuMemory)."""
+    return f"{n_bytes / GIB:.1f}Gi"
 
 
 @dataclass(frozen=True)
@@ -20,6 +35,59 @@ class ModelShape:
     vocab_size: int
     tie_word_embeddings: bool = False
     torch_dtype: str = "bfloat16"  # checkpoint dtype; quantization "none" keeps it
+    # --- optional detail (added after the first contract; all defaulted) ------------------------
+    num_attention_heads: int | None = None
+    intermediate_size: int | None = None  # MLP width; None = derived from the parameter count
+    # Parameters in the decoder's Linear weights: what bitsandbytes quantizes. None = derived as
+    # parameters - embeddings - vision tower - norms (see ``quantizable_parameters``).
+    linear_parameters: int | None = None
+    # Sum of the output rows of those Linear layers: int8 keeps one fp32 scale per row.
+    linear_out_features: int | None = None
+    vision_parameters: int = 0  # vision tower of a multimodal model (kept 16-bit in the estimate)
+    max_position_embeddings: int | None = None
+    source: str = ""  # where the shape came from: "catalog", "config.json", "hub", "spec.model.shape"
+
+    @property
+    def embedding_parameters(self) -> int:
+        """Input embeddings plus lm_head (one matrix when tied); bitsandbytes keeps them 16-bit."""
+        return self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
+
+    @property
+    def quantizable_parameters(self) -> int:
+        if self.linear_parameters is not None:
+            return self.linear_parameters
+        norms = 2 * self.hidden_size * self.num_layers + self.hidden_size
+        return max(0, self.parameters - self.embedding_parameters - self.vision_parameters - norms)
+
+    @property
+    def unquantized_parameters(self) -> int:
+        """Parameters that stay 16-bit under bitsandbytes: embeddings, lm_head, norms, biases, vision."""
+        return self.parameters - self.quantizable_parameters
+
+    @property
+    def mlp_width(self) -> int:
+        """``intermediate_size``, or solved from the per-layer parameter count when unknown."""
+        if self.intermediate_size is not None:
+            return self.intermediate_size
+        h = self.hidden_size
+        q = (self.num_attention_heads * self.head_dim) if self.num_attention_heads else h
+        attention = h * (q + 2 * self.num_kv_heads * self.head_dim) + q * h
+        per_layer = self.quantizable_parameters // max(1, self.num_layers)
+        # gate, up and down projections: 3 * hidden * intermediate
+        return max(h, (per_layer - attention) // (3 * h))
+
+    @property
+    def quantizable_rows(self) -> int:
+        """``linear_out_features``, or the usual q/k/v/o + gate/up/down rows per layer."""
+        if self.linear_out_features is not None:
+            return self.linear_out_features
+        h = self.hidden_size
+        q = (self.num_attention_heads * self.head_dim) if self.num_attention_heads else h
+        return self.num_layers * (q + 2 * self.num_kv_heads * self.head_dim + h + 2 * self.mlp_width + h)
+
+    def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
+        """Key + value for every layer: 2 x layers x kv_heads x head_dim x dtype bytes."""
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * dtype_bytes
 
 
 @dataclass(frozen=True)
@@ -44,6 +112,12 @@ class Estimate:
     headroom_bytes: int  # kept free inside the budget
     supported: bool = True  # False e.g. bf16 on compute capability < 8
     note: str = ""
+    # --- breakdown (added after the first contract; all defaulted) ------------------------------
+    kv_tokens: int = 0  # max batch x (max input + max new tokens)
+    kv_bytes_per_token: int = 0  # 2 x layers x kv_heads x head_dim x dtype bytes
+    context_bytes: int = 0  # CUDA context per GPU x count (or the CPU process baseline)
+    activation_bytes: int = 0  # peak prefill working set + logits (+ int8/4-bit matmul buffers)
+    fragmentation_bytes: int = 0  # allocator slack on the dynamic part (KV + activations)
 
     @property
     def total_bytes(self) -> int:
@@ -52,6 +126,23 @@ class Estimate:
     @property
     def fits(self) -> bool:
         return self.supported and self.total_bytes <= self.budget_bytes - self.headroom_bytes
+
+    @property
+    def usable_bytes(self) -> int:
+        """What the total must stay under: budget minus headroom."""
+        return self.budget_bytes - self.headroom_bytes
+
+    def to_status(self) -> MemoryEstimateStatus:
+        from autoglm_operator.api import MemoryEstimateStatus
+
+        return MemoryEstimateStatus(
+            weights_gib=gib(self.weights_bytes),
+            kv_cache_gib=gib(self.kv_cache_bytes),
+            overhead_gib=gib(self.overhead_bytes),
+            total_gib=gib(self.total_bytes),
+            budget_gib=gib(self.budget_bytes),
+            fits=self.fits,
+        )
 
 
 @dataclass(frozen=True)
@@ -69,3 +160,20 @@ class MemoryPlan:
     @property
     def fits(self) -> bool:
         return self.chosen.fits
+
+    @property
+    def quantization(self) -> str:
+        """The mode the pods run (``auto`` resolved): status.quantization."""
+        return self.chosen.quantization
+
+    @property
+    def estimated_gpu_memory(self) -> str:
+        """Per-replica total as a quantity string, e.g. ``10.2Gi``: status.estimatedGpuMemory."""
+        return format_gib(self.chosen.total_bytes)
+
+    def to_status(self) -> MemoryEstimateStatus:
+        """The chosen mode's breakdown in GiB (rounded to 0.1): status.estimate."""
+        return self.chosen.to_status()
+
+    def estimate_for(self, quantization: str) -> Estimate | None:
+        return next((e for e in self.table if e.quantization == quantization), None)

@@ -1,0 +1,171 @@
+"""Bytes one replica needs for a model in one quantization mode: weights + KV cache + overhead.
+
+Every constant is documented in ``docs/memory.md`` ("Will my model fit?"); keep the two in step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from autoglm_operator.memory.types import GIB, MIB, Estimate, GpuInfo, ModelShape
+
+MODES = ("none", "bf16", "fp16", "int8", "nf4", "fp4")
+
+# Bytes per parameter of the 16/32-bit modes.
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "fp32": 4, "fp16": 2, "bf16": 2}
+# bitsandbytes 4-bit: weights packed two per byte, one absmax scale per block of 64 weights.
+FOUR_BIT_BLOCK = 64
+# Double quantization stores the absmax scales as 8-bit, with one fp32 scale per 256 of them.
+DOUBLE_QUANT_BLOCK = 256
+# CUDA context + cuBLAS workspace + kernels loaded by torch, per GPU (measured 300-600 MiB).
+CUDA_CONTEXT_BYTES = 512 * MIB
+# Resident size of the runtime process itself (Python, torch, transformers) when it runs on the CPU.
+CPU_PROCESS_BYTES = 1 * GIB
+# fp32 logits of the last position (transformers computes only that one while generating), times the
+# copies sampling makes (processed scores, softmax probabilities).
+LOGITS_COPIES = 3
+# The caching allocator's slack on what is allocated and freed while serving (KV cache, activations).
+FRAGMENTATION_PERCENT = 10
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The serving limits that size the KV cache and activations (spec.serving)."""
+
+    max_batch_size: int = 8
+    max_input_tokens: int = 4096
+    max_new_tokens: int = 512
+
+    @property
+    def kv_tokens(self) -> int:
+        """Tokens the KV cache must hold: every slot of a full batch at its longest."""
+        return self.max_batch_size * (self.max_input_tokens + self.max_new_tokens)
+
+    @property
+    def prefill_tokens(self) -> int:
+        """Tokens of the largest forward pass: a full batch of longest prompts, prefilled together."""
+        return self.max_batch_size * self.max_input_tokens
+
+
+def compute_dtype_bytes(
+    quantization: str, shape: ModelShape, *, on_cpu: bool = False, compute_dtype: str = "bf16"
+) -> int:
+    """Bytes of activations and KV-cache entries: the dtype the model computes in."""
+    if quantization == "none":
+        return 4 if on_cpu else DTYPE_BYTES.get(shape.torch_dtype, 2)
+    if quantization in ("nf4", "fp4"):
+        return DTYPE_BYTES.get(compute_dtype, 2)
+    return 2  # fp16, bf16; int8 keeps non-quantized tensors and activations in 16-bit
+
+
+def weights_bytes(
+    shape: ModelShape, quantization: str, *, double_quant: bool = True, on_cpu: bool = False
+) -> int:
+    """Bytes of the weights as they sit in memory after loading.
+
+    bitsandbytes (int8, nf4, fp4) quantizes only the decoder's Linear weights; embeddings, lm_head,
+    norms, biases (and, in this estimate, a vision tower) stay 16-bit.
+    """
+    if quantization in ("fp16", "bf16"):
+        return 2 * shape.parameters
+    if quantization == "none":
+        return (4 if on_cpu else DTYPE_BYTES.get(shape.torch_dtype, 2)) * shape.parameters
+    if quantization == "fp32":
+        return 4 * shape.parameters
+    linear = shape.quantizable_parameters
+    kept = 2 * (shape.parameters - linear)
+    if quantization == "int8":
+        # LLM.int8: one int8 per weight + one fp32 scale per output row.
+        return kept + linear + 4 * shape.quantizable_rows
+    if quantization in ("nf4", "fp4"):
+        blocks = -(-linear // FOUR_BIT_BLOCK)
+        scales = (blocks + 4 * -(-blocks // DOUBLE_QUANT_BLOCK)) if double_quant else 4 * blocks
+        return kept + -(-linear // 2) + scales
+    raise ValueError(f"unknown quantization {quantization!r}; expected one of {', '.join(MODES)}")
+
+
+def activation_bytes(
+    shape: ModelShape, quantization: str, workload: Workload, *, dtype_bytes: int = 2
+) -> int:
+    """Peak working set of the largest forward pass (the prefill) plus the logits.
+
+    Inference frees each layer's activations before the next, so the peak is one layer's: the
+    residual stream and the normed input (2 x hidden) live while the gated MLP holds gate+up (2 x
+    intermediate), the activation and the product (2 x intermediate): (2h + 4i) per token. int8
+    matmuls add an int8 copy of the input and an int32 result before it is dequantized; 4-bit
+    matmuls on a batch dequantize one weight matrix (the fused gate+up, h x 2i) to 16-bit.
+    """
+    h, i = shape.hidden_size, shape.mlp_width
+    per_token = dtype_bytes * (2 * h + 4 * i)
+    if quantization == "int8":
+        per_token = max(per_token, dtype_bytes * 2 * h + h + 2 * i * 4 + 2 * i * dtype_bytes)
+    total = workload.prefill_tokens * per_token
+    if quantization in ("nf4", "fp4"):
+        total += h * 2 * i * dtype_bytes
+    return total + workload.max_batch_size * shape.vocab_size * 4 * LOGITS_COPIES
+
+
+def estimate(
+    shape: ModelShape,
+    quantization: str,
+    gpu: GpuInfo | None,
+    count: int = 1,
+    *,
+    workload: Workload | None = None,
+    gpu_memory_percent: int = 90,
+    headroom_percent: int = 10,
+    double_quant: bool = True,
+    compute_dtype: str = "bf16",
+    host_budget_bytes: int | None = None,
+) -> Estimate:
+    """The :class:`Estimate` of one mode on ``count`` x ``gpu`` (or the CPU when ``gpu`` is None / count 0).
+
+    GPU budget = memory x count x gpu_memory_percent / 100; CPU budget = ``host_budget_bytes`` (the
+    container memory limit x hostMemoryPercent, computed by the planner); None there means no limit.
+    """
+    workload = workload or Workload()
+    on_cpu = gpu is None or count == 0
+    weights = weights_bytes(shape, quantization, double_quant=double_quant, on_cpu=on_cpu)
+    dtype_bytes = compute_dtype_bytes(quantization, shape, on_cpu=on_cpu, compute_dtype=compute_dtype)
+    kv_per_token = shape.kv_bytes_per_token(dtype_bytes)
+    kv = kv_per_token * workload.kv_tokens
+    activations = activation_bytes(shape, quantization, workload, dtype_bytes=dtype_bytes)
+    context = CPU_PROCESS_BYTES if on_cpu else CUDA_CONTEXT_BYTES * count
+    fragmentation = (kv + activations) * FRAGMENTATION_PERCENT // 100
+    overhead = context + activations + fragmentation
+    total = weights + kv + overhead
+
+    supported, note = True, ""
+    if on_cpu:
+        if host_budget_bytes is None:
+            budget, headroom = total, 0
+            note = "CPU without a container memory limit: fits by definition"
+        else:
+            budget = host_budget_bytes
+            headroom = budget * headroom_percent // 100
+    else:
+        assert gpu is not None
+        budget = gpu.memory_bytes * count * gpu_memory_percent // 100
+        headroom = budget * headroom_percent // 100
+        cc = gpu.compute_capability
+        uses_bf16 = quantization == "bf16" or (quantization == "none" and shape.torch_dtype == "bfloat16")
+        if uses_bf16 and cc is not None and cc < (8, 0):
+            supported = False
+            note = f"bf16 needs compute capability >= 8.0; {gpu.name} has {cc[0]}.{cc[1]}"
+        elif uses_bf16 and cc is None:
+            note = "compute capability unknown: bf16 assumed to work (set resources.gpu.computeCapability)"
+    return Estimate(
+        quantization=quantization,
+        weights_bytes=weights,
+        kv_cache_bytes=kv,
+        overhead_bytes=overhead,
+        budget_bytes=budget,
+        headroom_bytes=headroom,
+        supported=supported,
+        note=note,
+        kv_tokens=workload.kv_tokens,
+        kv_bytes_per_token=kv_per_token,
+        context_bytes=context,
+        activation_bytes=activations,
+        fragmentation_bytes=fragmentation,
+    )
