@@ -1,0 +1,167 @@
+"""Flags of ``autoglm-runtime fetch``. Tuning flags also read ``AUTOGLM_FETCH_<FLAG>`` env vars."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+ENV_PREFIX = "AUTOGLM_FETCH_"
+
+
+def _env(flag: str, default: Any, kind: Callable[[str], Any] = str) -> Any:
+    raw = os.environ.get(ENV_PREFIX + flag.upper().replace("-", "_"))
+    if raw is None or raw == "":
+        return default
+    try:
+        return kind(raw)
+    except ValueError as exc:
+        name = ENV_PREFIX + flag.upper().replace("-", "_")
+        print(f"autoglm-runtime fetch: error: {name}={raw!r}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None  # usage, like argparse
+
+
+def _truthy(raw: str | None) -> bool:
+    return (raw or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    pos_float, pos_int = _positive(float), _positive(int)
+    src = parser.add_argument_group("what to fetch")
+    src.add_argument(
+        "--model",
+        required=True,
+        help="hf://org/name, org/name, or https://MIRROR[/prefix]/org/name (a server speaking the hub's HTTP API)",
+    )
+    src.add_argument(
+        "--revision",
+        default=os.environ.get("AUTOGLM_REVISION") or "main",
+        help="commit sha (recommended), branch or tag (default: $AUTOGLM_REVISION or main)",
+    )
+    src.add_argument(
+        "--cache-dir",
+        default=os.environ.get("AUTOGLM_CACHE_DIR"),
+        help="the model cache volume; files land in CACHE/<org>--<name>/<revision>/ (default: $AUTOGLM_CACHE_DIR)",
+    )
+    src.add_argument(
+        "--endpoint",
+        default=os.environ.get("HF_ENDPOINT"),
+        help="hub base URL for hf:// and org/name sources (default: $HF_ENDPOINT or https://huggingface.co)",
+    )
+    src.add_argument(
+        "--token-file",
+        default=os.environ.get(ENV_PREFIX + "TOKEN_FILE"),
+        help="file holding the hub token (a mounted Secret); default: $HF_TOKEN. Never logged.",
+    )
+    src.add_argument(
+        "--allow-patterns",
+        nargs="+",
+        action="extend",
+        metavar="GLOB",
+        help="files to fetch (fnmatch globs); default: what inference needs (*.json, *.safetensors, tokenizer files...)",
+    )
+    src.add_argument(
+        "--ignore-patterns",
+        nargs="+",
+        action="extend",
+        metavar="GLOB",
+        help="files to skip, on top of the defaults",
+    )
+    src.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        default=_truthy(os.environ.get("AUTOGLM_TRUST_REMOTE_CODE")),
+        help="also fetch the repo's *.py files (the model's own code)",
+    )
+
+    mode = parser.add_argument_group("mode")
+    mode.add_argument(
+        "--offline",
+        action="store_true",
+        default=any(
+            _truthy(os.environ.get(v))
+            for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", ENV_PREFIX + "OFFLINE")
+        ),
+        help="no network: succeed only if the cache holds the complete revision (also HF_HUB_OFFLINE=1)",
+    )
+    mode.add_argument(
+        "--verify", action="store_true", help="re-hash every cached file instead of trusting the manifest"
+    )
+    mode.add_argument(
+        "--print-path", action="store_true", help="print the local folder and exit (no network, no I/O)"
+    )
+    mode.add_argument("--output-file", help="also write the local folder path to this file")
+
+    net = parser.add_argument_group("network tuning (env AUTOGLM_FETCH_<FLAG>)")
+    net.add_argument(
+        "--workers", type=pos_int, default=_env("workers", 4, int), help="files downloaded in parallel"
+    )
+    net.add_argument(
+        "--connect-timeout", type=pos_float, default=_env("connect-timeout", 10.0, float), help="seconds"
+    )
+    net.add_argument(
+        "--read-timeout",
+        type=pos_float,
+        default=_env("read-timeout", 60.0, float),
+        help="seconds without a byte",
+    )
+    net.add_argument(
+        "--max-attempts",
+        type=pos_int,
+        default=_env("max-attempts", 8, int),
+        help="consecutive failed attempts (without progress) before giving up on a request",
+    )
+    net.add_argument(
+        "--backoff-initial", type=pos_float, default=_env("backoff-initial", 1.0, float), help="seconds"
+    )
+    net.add_argument(
+        "--backoff-max", type=pos_float, default=_env("backoff-max", 60.0, float), help="seconds"
+    )
+    net.add_argument(
+        "--max-retry-after",
+        type=pos_float,
+        default=_env("max-retry-after", 300.0, float),
+        help="cap on a server's Retry-After, seconds",
+    )
+    net.add_argument(
+        "--checksum-attempts",
+        type=pos_int,
+        default=_env("checksum-attempts", 3, int),
+        help="downloads of one file that fail verification before exit code 5",
+    )
+    net.add_argument(
+        "--lock-timeout",
+        type=pos_float,
+        default=_env("lock-timeout", 0.0, float),
+        help="seconds to wait for another fetch of the same revision; 0 = as long as it runs",
+    )
+
+    out = parser.add_argument_group("logging")
+    out.add_argument(
+        "--progress-interval",
+        type=pos_float,
+        default=_env("progress-interval", 10.0, float),
+        help="seconds between progress lines",
+    )
+    out.add_argument(
+        "--log-format",
+        choices=["json", "text"],
+        default=os.environ.get("AUTOGLM_LOG_FORMAT", "json"),
+        help="json (in pods) or text",
+    )
+    out.add_argument(
+        "--log-level", default=os.environ.get("AUTOGLM_LOG_LEVEL", "INFO"), help="Python log level"
+    )
