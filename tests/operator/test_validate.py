@@ -55,7 +55,7 @@ BAD = [
     (cr(resources={"gpu": {"count": -1}}), "spec.resources.gpu.count", "minimum"),
     (cr(model={"source": "hf://a/b", "cache": {"claimName": "c", "size": "10Gi"}}), "spec.model.cache", "exactly one"),
     (cr(podDisruptionBudget={"minAvailable": 1, "maxUnavailable": 1}), "spec.podDisruptionBudget", "at most one"),
-    ({**cr(), "metadata": {"name": "Bad_Name"}}, "metadata.name", "DNS-1035"),
+    ({**cr(), "metadata": {"name": "Bad_Name"}}, "metadata.name", "starting with a letter"),
     ({**cr(), "apiVersion": "autoglm.io/v1"}, "", "apiVersion/kind"),
     ({k: v for k, v in cr().items() if k != "spec"}, "", "'spec' is required"),
 ]

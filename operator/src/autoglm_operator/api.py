@@ -25,6 +25,7 @@ SINGULAR = "autoglmdeployment"
 SHORT_NAMES = ["agd"]
 CATEGORIES = ["autoglm"]
 
+REVISION_PATTERN = r"^[A-Za-z0-9._][A-Za-z0-9._/-]*$"
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 SOURCE_PATTERN = (
@@ -136,7 +137,10 @@ class ModelSpec(ApiModel):
         "or an https:// base URL of a hub mirror followed by /org/name.",
     )
     revision: str | None = Field(
-        None, max_length=256, description="Hub revision: a commit hash (recommended, reproducible), tag or branch."
+        None,
+        max_length=256,
+        pattern=REVISION_PATTERN,
+        description="Hub revision: a commit hash (recommended, reproducible), tag or branch.",
     )
     credentials_secret: str | None = Field(
         None,

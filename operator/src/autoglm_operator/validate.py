@@ -14,21 +14,17 @@ from __future__ import annotations
 
 import copy
 import difflib
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 import jsonschema
-from pydantic import ValidationError
 
 from autoglm_operator import api
 from autoglm_operator.cel import evaluate_rules
 from autoglm_operator.crd import root_schema
-
-NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-MAX_NAME = 52  # children get suffixes like "-settings" and must stay within 63 characters
+from autoglm_operator.spec_errors import SpecError, check_metadata, parse_spec
 
 
 @dataclass(frozen=True)
@@ -122,29 +118,11 @@ def _cel_problems(schema: dict[str, Any], obj: Any, path: list[Any]) -> list[Pro
 
 
 def _metadata_problems(obj: dict[str, Any]) -> list[Problem]:
-    name = (obj.get("metadata") or {}).get("name")
-    if not name:
-        return [Problem("metadata.name", "is required")]
-    if not isinstance(name, str) or not NAME_PATTERN.match(name) or len(name) > MAX_NAME:
-        return [
-            Problem(
-                "metadata.name",
-                f"must be a DNS-1035 label of at most {MAX_NAME} characters (lowercase letters, digits, '-', "
-                f"starting with a letter) because it names the Service and other children (got {name!r})",
-            )
-        ]
+    try:
+        check_metadata({"metadata": obj.get("metadata")})
+    except SpecError as exc:
+        return [Problem(exc.field_path, exc.message)]
     return []
-
-
-def pydantic_problems(exc: ValidationError, prefix: str = "") -> list[Problem]:
-    """Turn a pydantic error into problems whose paths use the wire (camelCase) names."""
-    problems = []
-    for err in exc.errors():
-        loc: list[str | int] = [prefix] if prefix else []
-        loc += [p for p in err["loc"] if p not in ("function-after",)]
-        message = err["msg"].removeprefix("Value error, ")
-        problems.append(Problem(_path(loc), message))
-    return problems
 
 
 def validate_object(obj: Any) -> list[Problem]:
@@ -166,7 +144,7 @@ def validate_object(obj: Any) -> list[Problem]:
     if cel:
         return problems + cel
     try:
-        api.AutoGLMDeploymentSpec.model_validate(obj["spec"])
-    except ValidationError as exc:
-        problems += pydantic_problems(exc, "spec")
+        parse_spec(obj)
+    except SpecError as exc:
+        problems += [Problem(path, message) for path, message in exc.problems]
     return problems

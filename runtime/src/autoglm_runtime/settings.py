@@ -61,6 +61,7 @@ class RuntimeSettings(BaseSettings):
     compute_dtype: ComputeDtype = Field(ComputeDtype.BF16, description="4-bit only: matmul compute dtype.")
     cache_dir: Path | None = Field(None, description="Where fetched weights live (the model cache volume).")
     warmup: bool = Field(True, description="Run one short generation before reporting ready.")
+    torch_threads: int = Field(0, ge=0, le=1024, description="CPU threads torch may use; 0 = torch's default.")
 
     # --- memory ------------------------------------------------------------------------------
     gpu_memory_percent: int = Field(90, ge=10, le=100, description="Share of each visible GPU's memory.")
@@ -71,8 +72,8 @@ class RuntimeSettings(BaseSettings):
     batch_window_ms: float = Field(5.0, ge=0, le=1000, description="How long to wait to fill a batch.")
     max_concurrent_requests: int = Field(64, ge=1, le=10000, description="Requests admitted at once.")
     max_queue: int = Field(256, ge=0, le=100000, description="Admitted requests waiting beyond that get 429.")
-    max_input_tokens: int = Field(4096, ge=1, le=1_000_000, description="Longest prompt, in tokens.")
-    max_new_tokens: int = Field(512, ge=1, le=1_000_000, description="Most tokens generated per request.")
+    max_input_tokens: int = Field(4096, ge=1, le=1_048_576, description="Longest prompt, in tokens.")
+    max_new_tokens: int = Field(512, ge=1, le=1_048_576, description="Most tokens generated per request.")
     request_timeout_s: float = Field(300.0, gt=0, description="Wall-clock limit per request.")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest accepted HTTP request body.")
 
