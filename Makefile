@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint crds demo clean
+.PHONY: help install test test-fast lint crds demo clean chart-sync chart-lint images images-smoke e2e
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-16s %s\n", $$1, $$2}'
@@ -30,8 +30,27 @@ lint: install ## ruff + mypy
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+e2e: install ## operator end-to-end tests (real kopf operator vs an emulated API server; -m cluster for a real one)
+	$(BIN)/pytest -q tests/operator/e2e
+
 crds: install ## regenerate crds/ from the pydantic API models
 	$(BIN)/autoglm-operator crd -o crds/autoglm.io_autoglmdeployments.yaml
+	$(MAKE) --no-print-directory chart-sync
+
+chart-sync: ## copy the CRD, Grafana dashboard and alert rules into the Helm chart (tests check the copies)
+	cp crds/autoglm.io_autoglmdeployments.yaml charts/autoglm-operator/crds/
+	cp deploy/grafana/autoglm-dashboard.json deploy/prometheus/autoglm-rules.yaml charts/autoglm-operator/files/
+
+chart-lint: install ## helm lint --strict, chart/manifest/RBAC/schema tests, hadolint, and a checkov scan of the rendered chart
+	$(BIN)/helm lint --strict charts/autoglm-operator
+	$(BIN)/pytest -q tests/delivery
+	bash scripts/checkov.sh
+
+images: install ## build the operator and runtime (CPU) images: docker if it runs, else buildah offline
+	bash scripts/build-images.sh
+
+images-smoke: install ## build the images, then run them (operator CRD, runtime /readyz + a completion)
+	$(BIN)/pytest -q -m images tests/delivery/test_images.py
 
 demo: install ## validate + render the examples, then run the runtime on a packaged small model
 	$(PY) scripts/demo.py

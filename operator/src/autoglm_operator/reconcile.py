@@ -1,0 +1,331 @@
+"""One reconcile of one AutoGLMDeployment: parse → render (pure) → apply → prune → status.
+
+The rules it keeps:
+
+- Children are written with server-side apply (field manager ``autoglm-operator``, ``force``), so
+  fields other managers own (the HPA's replica count, other controllers' annotations) stay theirs.
+- A child whose live ``autoglm.io/applied-hash`` annotation equals the hash of what would be applied
+  is left alone: a resync of an unchanged spec makes no write at all (reads only).
+- Children the spec no longer wants (HPA when autoscaling is off, PDB disabled, the Deployment when
+  the model does not fit) are deleted. Only objects owned by this CR (owner uid) are ever deleted;
+  cache PVCs are never pruned (weights are expensive to fetch again), they go with the CR.
+- An invalid spec writes only the CR's status (Degraded, naming the field) and never retries on its
+  own: the next spec change, or the resync timer, looks again.
+- Transient API errors (connection, 409, 429, 5xx) raise ``kopf.TemporaryError`` with a backoff.
+- The CR's spec is never written; its status is patched only when it changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from autoglm_operator import api, labels, metrics
+from autoglm_operator import render as render_mod
+from autoglm_operator.kube import KINDS, ApiError, Kube, kind_of
+from autoglm_operator.memory.errors import MemoryFitError
+from autoglm_operator.status import (
+    Notice,
+    Observation,
+    compute_status,
+    endpoint_url,
+    status_patch,
+    transition_notices,
+)
+
+HASH_ANNOTATION = "autoglm.io/applied-hash"
+CR_KIND = KINDS[api.KIND]
+
+# Apply order: what the Deployment mounts or is scaled by exists before it, or right after.
+APPLY_ORDER = (
+    "ConfigMap",
+    "PersistentVolumeClaim",
+    "Service",
+    "Deployment",
+    "HorizontalPodAutoscaler",
+    "PodDisruptionBudget",
+    "ServiceMonitor",
+)
+# Kinds pruned when the spec no longer wants them (PVCs stay until the CR goes).
+PRUNABLE = (
+    "Deployment",
+    "HorizontalPodAutoscaler",
+    "PodDisruptionBudget",
+    "ServiceMonitor",
+    "Service",
+    "ConfigMap",
+)
+# Kinds that may be absent from a cluster (a CRD not installed): skipped with a warning.
+OPTIONAL_KINDS = frozenset({"ServiceMonitor"})
+
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+
+
+@dataclass
+class Outcome:
+    """What one reconcile did (handlers post ``notices`` as Events; tests read ``writes``)."""
+
+    result: str  # one of metrics.RESULTS
+    writes: list[tuple[str, str, str]] = field(default_factory=list)  # (verb, kind, namespace/name)
+    status: dict[str, Any] | None = None
+    status_written: bool = False
+    notices: list[Notice] = field(default_factory=list)
+    children: list[str] = field(default_factory=list)  # kinds present after the reconcile
+
+
+@dataclass(frozen=True)
+class Options:
+    """Operator-wide knobs that reach reconcile (from ``autoglm-operator run`` flags)."""
+
+    read_nodes: bool = True  # look up GPU memory from GPU-feature-discovery node labels
+    allow_network: bool = False  # let the planner fetch config.json from the hub
+    field_manager: str = "autoglm-operator"
+
+
+def applied_hash(obj: Mapping[str, Any]) -> str:
+    """Stable hash of an object as it would be applied (without the hash annotation itself)."""
+    data = json.loads(json.dumps(obj, sort_keys=True, default=str))
+    (data.get("metadata", {}).get("annotations") or {}).pop(HASH_ANNOTATION, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:20]
+
+
+def with_hash(obj: Mapping[str, Any]) -> dict[str, Any]:
+    out = json.loads(json.dumps(obj))
+    out.setdefault("metadata", {}).setdefault("annotations", {})[HASH_ANNOTATION] = applied_hash(obj)
+    return out
+
+
+def _ref(obj: Mapping[str, Any]) -> str:
+    meta = obj.get("metadata") or {}
+    return f"{meta.get('namespace')}/{meta.get('name')}"
+
+
+def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])
+
+
+def backoff(retry: int) -> float:
+    """Seconds before retrying a transient failure: 1, 2, 4 … capped at 60."""
+    return float(min(60, 2 ** min(retry, 6)))
+
+
+def spec_error_text(exc: Exception) -> str:
+    path = getattr(exc, "field_path", None) or getattr(exc, "field", None)
+    message = getattr(exc, "message", None) or str(exc)
+    return f"{path}: {message}" if path and not str(message).startswith(str(path)) else str(message)
+
+
+def reconcile(
+    body: Mapping[str, Any],
+    kube: Kube,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    *,
+    retry: int = 0,
+    options: Options | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Outcome:
+    """Bring the children and status of the CR ``body`` in line with its spec (idempotent)."""
+    options = options or Options()
+    started = clock()
+    try:
+        outcome = _reconcile(body, kube, logger, retry=retry, options=options)
+    except kopf.TemporaryError:
+        metrics.RECONCILES.labels(result="retrying").inc()
+        raise
+    finally:
+        metrics.RECONCILE_SECONDS.observe(max(0.0, clock() - started))
+    metrics.RECONCILES.labels(result=outcome.result).inc()
+    meta = body.get("metadata") or {}
+    metrics.MANAGED_COUNTS.set((meta.get("namespace", ""), meta.get("name", "")), outcome.children)
+    return outcome
+
+
+def _reconcile(
+    body: Mapping[str, Any],
+    kube: Kube,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    *,
+    retry: int,
+    options: Options,
+) -> Outcome:
+
+    meta = body.get("metadata") or {}
+    namespace, name, uid = meta.get("namespace", ""), meta.get("name", ""), meta.get("uid", "")
+    generation = meta.get("generation")
+    previous_status = body.get("status") or {}
+    if meta.get("deletionTimestamp"):
+        return Outcome(result="unchanged")
+
+    # 1. Parse and render (pure). An invalid spec touches no child.
+    try:
+        spec = render_mod.parse_spec(body)
+        node_gpu = _node_gpu(kube, spec, logger) if options.read_nodes else None
+        plan = _plan(spec, node_gpu) if options.allow_network else None
+        rendered = render_mod.render(body, node_gpu=node_gpu, plan=plan)
+    except (render_mod.SpecError, MemoryFitError) as e:
+        text = spec_error_text(e)
+        logger.warning(f"Invalid spec of {api.KIND} {namespace}/{name}: {text}")
+        obs = Observation(generation=generation, spec_error=text)
+        outcome = Outcome(result="invalid")
+        _write_status(kube, body, obs, previous_status, outcome, logger)
+        return outcome
+
+    # 2. Apply what the spec wants, skipping children that already carry the same applied hash.
+    outcome = Outcome(result="unchanged")
+    live: dict[tuple[str, str], dict[str, Any]] = {}
+    warnings: list[str] = []
+    apply_error: str | None = None
+    wanted = sorted(
+        rendered.objects, key=lambda o: APPLY_ORDER.index(o["kind"]) if o["kind"] in APPLY_ORDER else 99
+    )
+    try:
+        for obj in wanted:
+            kind = kind_of(obj)
+            obj_ns, obj_name = obj["metadata"].get("namespace", namespace), obj["metadata"]["name"]
+            desired = with_hash(obj)
+            try:
+                current = kube.get(kind, obj_ns, obj_name)
+                if (
+                    current is not None
+                    and (current["metadata"].get("annotations") or {}).get(HASH_ANNOTATION)
+                    == desired["metadata"]["annotations"][HASH_ANNOTATION]
+                ):
+                    live[(kind.kind, obj_name)] = current
+                    continue
+                live[(kind.kind, obj_name)] = kube.apply(desired, field_manager=options.field_manager)
+            except ApiError as e:
+                if kind.kind in OPTIONAL_KINDS and e.status == 404:
+                    warnings.append(f"{kind.kind} skipped: its CRD ({kind.api_version}) is not installed")
+                    continue
+                raise
+            metrics.API_WRITES.labels(verb="apply", kind=kind.kind).inc()
+            outcome.writes.append(("apply", kind.kind, f"{obj_ns}/{obj_name}"))
+            logger.info(f"Applied {kind.kind} {obj_ns}/{obj_name}")
+
+        # 3. Prune children this CR owns that the spec no longer wants.
+        wanted_keys = {(o["kind"], o["metadata"]["name"]) for o in wanted}
+        selector = f"app.kubernetes.io/managed-by={labels.MANAGED_BY},app.kubernetes.io/instance={name}"
+        for kind_name in PRUNABLE:
+            kind = KINDS[kind_name]
+            try:
+                existing = kube.list(kind, namespace, label_selector=selector)
+            except ApiError as e:
+                if e.status == 404:  # kind not served (e.g. no ServiceMonitor CRD)
+                    continue
+                raise
+            for obj in existing:
+                obj_name = obj["metadata"]["name"]
+                if (kind_name, obj_name) in wanted_keys or not uid or not _owned_by(obj, uid):
+                    continue
+                if kube.delete(kind, namespace, obj_name, uid=obj["metadata"].get("uid")):
+                    metrics.API_WRITES.labels(verb="delete", kind=kind_name).inc()
+                    outcome.writes.append(("delete", kind_name, f"{namespace}/{obj_name}"))
+                    logger.info(f"Deleted {kind_name} {namespace}/{obj_name} (no longer wanted by the spec)")
+    except ApiError as e:
+        if e.transient:
+            delay = backoff(retry)
+            logger.warning(f"Transient API error, retrying in {delay:.0f}s: {e}")
+            raise kopf.TemporaryError(str(e), delay=delay) from e
+        apply_error = str(e)
+        logger.error(f"API error the operator will not retry until the next spec change or resync: {e}")
+
+    # 4. Status from the real Deployment (the applied or read object).
+    deployment = next((obj for (k, _), obj in live.items() if k == "Deployment"), None)
+    service = next((o for o in wanted if o["kind"] == "Service"), None)
+    spec_port = spec.serving.port
+    obs = Observation(
+        generation=generation,
+        plan=rendered.plan,
+        skip_fit_check=spec.memory.skip_fit_check,
+        deployment_skipped_reason=rendered.deployment_skipped_reason,
+        deployment=deployment,
+        selector=labels.selector_string(name),
+        endpoint=endpoint_url(
+            service["metadata"]["name"] if service else labels.workload_name(name),
+            namespace,
+            spec_port,
+            tls=spec.serving.tls_secret is not None,
+        ),
+        apply_error=apply_error,
+        warnings=tuple(warnings),
+    )
+    outcome.children = [k for (k, _) in live]
+    if apply_error:
+        outcome.result = "failed"
+    elif rendered.deployment_skipped_reason:
+        outcome.result = "memory_does_not_fit"
+    elif outcome.writes:
+        outcome.result = "applied"
+    _write_status(kube, body, obs, previous_status, outcome, logger)
+    return outcome
+
+
+def _write_status(
+    kube: Kube,
+    body: Mapping[str, Any],
+    obs: Observation,
+    previous: Mapping[str, Any],
+    outcome: Outcome,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> None:
+    meta = body.get("metadata") or {}
+    namespace, name = meta.get("namespace"), meta.get("name", "")
+    new_status = compute_status(obs, previous)
+    outcome.status = new_status
+    outcome.notices = transition_notices(previous, new_status)
+    patch = status_patch(previous, new_status)
+    if patch is None:
+        return
+    try:
+        kube.patch(CR_KIND, namespace, name, {"status": patch}, subresource="status")
+    except ApiError as e:
+        if e.not_found:  # the CR is gone; nothing to report on
+            return
+        if e.transient:
+            raise kopf.TemporaryError(f"status update failed: {e}", delay=backoff(0)) from e
+        raise
+    metrics.API_WRITES.labels(verb="patch_status", kind=api.KIND).inc()
+    outcome.status_written = True
+    conds = ", ".join(f"{c['type']}={c['status']}" for c in new_status.get("conditions", []))
+    logger.info(f"Updated status of {api.KIND} {namespace}/{name}: {conds}")
+
+
+def _plan(spec: api.AutoGLMDeploymentSpec, node_gpu: Any) -> Any:
+    """Plan with hub access (``--allow-network``): models outside the catalog get their config.json."""
+    from autoglm_operator.memory import plan_memory  # type: ignore[attr-defined]
+
+    return plan_memory(spec, node_gpu, allow_network=True)
+
+
+def _node_gpu(
+    kube: Kube, spec: api.AutoGLMDeploymentSpec, logger: logging.Logger | logging.LoggerAdapter[Any]
+) -> Any:
+    """GPU facts from GPU-feature-discovery labels of a node with the requested product, if readable.
+
+    Only when the spec names a product and no explicit memory; RBAC may forbid reading nodes, in which
+    case the planner falls back to its product table.
+    """
+    gpu = spec.resources.gpu
+    if not gpu.product or gpu.memory or gpu.count == 0:
+        return None
+    from autoglm_operator.memory.gpus import gpu_from_node_labels
+    from autoglm_operator.render import gpu_product_label
+
+    selector = f"{GPU_PRODUCT_LABEL}={gpu_product_label(gpu.product)}"
+    try:
+        nodes = kube.list(KINDS["Node"], None, label_selector=selector)
+    except ApiError as e:
+        logger.debug(f"Cannot read nodes ({e.status} {e.reason}); the planner uses its GPU table.")
+        return None
+    for node in nodes:
+        info = gpu_from_node_labels((node.get("metadata") or {}).get("labels") or {})
+        if info is not None:
+            return info
+    return None

@@ -1,0 +1,149 @@
+"""The real operator (kopf, the ``autoglm-operator run`` code path) against an emulated API server.
+
+Every scenario runs the operator in-process and talks to the API over HTTP. What the emulator does
+not model (real server-side apply field ownership and conflicts, strategic merge, schema/CEL
+validation, admission, RBAC, GC propagation policies, controllers) is listed in ``emulator.py``
+and in ``docs/operator.md``; the ``cluster``-marked module runs the same scenarios against a real
+API server.
+"""
+
+from __future__ import annotations
+
+from autoglm_operator import api
+
+from . import scenarios
+from .harness import Harness, reconciles
+
+CHILD_TARGETS = {"configmaps", "services", "deployments", "horizontalpodautoscalers", "poddisruptionbudgets"}
+
+
+def _child_writes(writes: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
+    return {key: n for key, n in writes.items() if key[1].split("/")[0] in CHILD_TARGETS}
+
+
+async def test_create_becomes_ready_with_owned_children(harness: Harness) -> None:
+    await harness.start_operator()
+    await scenarios.create_becomes_ready(harness)
+    writes = harness.operator_writes()
+    # One server-side apply per child and no other child write.
+    assert _child_writes(writes) == {
+        ("apply", "configmaps"): 1,
+        ("apply", "services"): 1,
+        ("apply", "deployments"): 1,
+        ("apply", "horizontalpodautoscalers"): 1,
+        ("apply", "poddisruptionbudgets"): 1,
+    }, writes
+    assert writes[("patch", "autoglmdeployments/status")] == 2, writes  # Progressing, then Ready
+    # Kopf writes only its annotations on the CR itself (never spec, never status).
+    cr_writes = {k: n for k, n in harness.kopf_writes().items() if k[1].startswith("autoglmdeployments")}
+    assert set(cr_writes) <= {("patch", "autoglmdeployments")}, cr_writes
+    cr = await harness.get(api.KIND, "chat")
+    assert any(k.startswith("autoglm.io/") for k in cr["metadata"].get("annotations", {}))
+    assert cr["metadata"]["generation"] == 1, "nobody may write the spec"
+
+
+async def test_resync_without_change_writes_nothing(harness: Harness) -> None:
+    await harness.start_operator(resync_seconds=0.3)
+    await scenarios.create_becomes_ready(harness)
+    await harness.settle(0.5)
+    before_writes = dict(harness.emulator.writes)
+    before_versions = {
+        k: o["metadata"]["resourceVersion"] for k, o in (await harness.children("chat")).items()
+    }
+    cr_version = (await harness.get(api.KIND, "chat"))["metadata"]["resourceVersion"]
+    start = reconciles("unchanged")
+
+    async def ticked() -> bool:
+        return reconciles("unchanged") - start >= 3
+
+    await harness.eventually(ticked, "three resync reconciles")
+    new_writes = {k: n - before_writes.get(k, 0) for k, n in harness.emulator.writes.items()}
+    new_writes = {k: n for k, n in new_writes.items() if n and k[0] != "test"}
+    assert new_writes == {}, f"a resync with no spec change wrote: {new_writes}"
+    after_versions = {
+        k: o["metadata"]["resourceVersion"] for k, o in (await harness.children("chat")).items()
+    }
+    assert after_versions == before_versions
+    assert (await harness.get(api.KIND, "chat"))["metadata"]["resourceVersion"] == cr_version
+
+
+async def test_spec_change_updates_deployment_and_prunes(harness: Harness) -> None:
+    await harness.start_operator()
+    await scenarios.create_becomes_ready(harness)
+    before = dict(harness.operator_writes())
+    await scenarios.update_rolls_pods(harness)
+    after = harness.operator_writes()
+    delta = {k: n - before.get(k, 0) for k, n in after.items() if n - before.get(k, 0)}
+    # Quantization change: the settings ConfigMap and the Deployment (checksum) are re-applied, nothing else;
+    # autoscaling off: the Deployment gets replicas, the HPA and the PDB are deleted.
+    assert delta[("apply", "configmaps")] == 1, delta
+    assert delta[("apply", "deployments")] == 2, delta
+    assert delta[("delete", "horizontalpodautoscalers")] == 1, delta
+    assert delta[("delete", "poddisruptionbudgets")] == 1, delta
+    assert ("apply", "services") not in delta, delta
+
+
+async def test_invalid_spec_degrades_without_retry_storm(harness: Harness) -> None:
+    await harness.start_operator()
+    bad = scenarios.spec(
+        autoscaling={"minReplicas": 5, "maxReplicas": 2}
+    )  # the API server's CEL would refuse it
+    await scenarios.invalid_spec_degrades(harness, "broken", bad, "spec.autoscaling.minReplicas")
+    writes = harness.operator_writes()
+    assert _child_writes(writes) == {}, writes
+    assert writes[("patch", "autoglmdeployments/status")] == 1, writes
+    # The operator is still working: the fixed spec reconciles.
+    await scenarios.fix_invalid_spec(harness, "broken", {"autoscaling": {"minReplicas": 2, "maxReplicas": 3}})
+
+
+async def test_bad_source_scheme_names_the_field(harness: Harness) -> None:
+    await harness.start_operator()
+    bad = scenarios.spec(model={"source": "s3://bucket/model"})
+    await scenarios.invalid_spec_degrades(harness, "s3", bad, "spec.model.source")
+
+
+async def test_deleted_child_is_recreated_and_cr_deletion_collects_children(harness: Harness) -> None:
+    await harness.start_operator()
+    await scenarios.create_becomes_ready(harness)
+    await scenarios.deleted_child_is_recreated(harness)
+    await scenarios.delete_cr_collects_children(harness)
+
+
+async def test_memory_does_not_fit(harness: Harness) -> None:
+    await harness.start_operator()
+    await scenarios.memory_does_not_fit(harness)
+    assert ("apply", "deployments") in harness.operator_writes()
+
+
+async def test_transient_api_errors_are_retried(harness: Harness) -> None:
+    harness.emulator.fail_next[("apply", "deployments")] = [503, 429]
+    start = reconciles("retrying")
+    await harness.start_operator()
+    await harness.create_cr("flaky", scenarios.SPEC)
+    await scenarios.wait_children(
+        harness,
+        "flaky",
+        {"ConfigMap", "Service", "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget"},
+    )
+    assert reconciles("retrying") - start == 2
+    assert harness.emulator.writes[("operator", "apply", "deployments")] == 3
+
+
+async def test_no_finalizer_even_with_the_resync_daemon(harness: Harness) -> None:
+    """Deleting the CR while the operator is stopped still works: nothing blocks deletion."""
+    await harness.start_operator(resync_seconds=0.2)
+    await scenarios.create_becomes_ready(harness)
+    await harness.stop_operator()
+    assert await harness.delete(api.KIND, "chat")
+    assert await harness.get(api.KIND, "chat") is None
+    assert await harness.children("chat") == {}
+
+
+async def test_service_monitor_without_its_crd_is_a_warning(harness: Harness) -> None:
+    await harness.start_operator()
+    await harness.create_cr("mon", scenarios.spec(monitoring={"serviceMonitor": True}))
+    cond = await harness.wait_condition("mon", "Degraded", "False", "AsExpectedWithWarnings")
+    assert "ServiceMonitor" in cond["message"]
+    assert "monitoring.coreos.com" in cond["message"]
+    kids = await harness.children("mon")
+    assert "Deployment" in kids

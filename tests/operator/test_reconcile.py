@@ -1,0 +1,156 @@
+"""reconcile() against an in-memory fake of the operator's API client (no HTTP, no kopf loop)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+import kopf
+import pytest
+
+from autoglm_operator.kube import ApiError, Kind
+from autoglm_operator.reconcile import HASH_ANNOTATION, applied_hash, backoff, reconcile
+
+LOG = logging.getLogger("test")
+CR: dict[str, Any] = {
+    "apiVersion": "autoglm.io/v1alpha1",
+    "kind": "AutoGLMDeployment",
+    "metadata": {"name": "chat", "namespace": "ml", "uid": "u1", "generation": 1},
+    "spec": {
+        "model": {"source": "hf://THUDM/glm-4-9b-chat"},
+        "quantization": "int8",
+        "resources": {"gpu": {"count": 1, "product": "L4"}},
+        "autoscaling": {"minReplicas": 2, "maxReplicas": 3},
+    },
+}
+
+
+class FakeKube:
+    """Objects by (kind, name); records writes; can fail a given verb+kind."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.writes: list[tuple[str, str]] = []
+        self.fail: dict[tuple[str, str], ApiError] = {}
+
+    def _maybe_fail(self, verb: str, kind: str) -> None:
+        if (verb, kind) in self.fail:
+            raise self.fail[(verb, kind)]
+
+    def get(self, kind: Kind, namespace: str | None, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.objects.get((kind.kind, name)))
+
+    def list(
+        self, kind: Kind, namespace: str | None, *, label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        if kind.kind == "ServiceMonitor":
+            raise ApiError(404, "NotFound", "no such resource")
+        return [copy.deepcopy(o) for (k, _), o in self.objects.items() if k == kind.kind]
+
+    def apply(self, obj: dict[str, Any], *, field_manager: str = "", force: bool = True) -> dict[str, Any]:
+        self._maybe_fail("apply", obj["kind"])
+        self.writes.append(("apply", obj["kind"]))
+        self.objects[(obj["kind"], obj["metadata"]["name"])] = copy.deepcopy(obj)
+        return copy.deepcopy(obj)
+
+    def delete(self, kind: Kind, namespace: str | None, name: str, *, uid: str | None = None) -> bool:
+        self.writes.append(("delete", kind.kind))
+        return self.objects.pop((kind.kind, name), None) is not None
+
+    def patch(
+        self, kind: Kind, namespace: str | None, name: str, patch: dict, *, subresource: str | None = None
+    ):
+        self._maybe_fail("patch", kind.kind)
+        self.writes.append(("patch_status", kind.kind))
+        return {}
+
+
+def _with_status(cr: dict[str, Any], status: dict[str, Any] | None) -> dict[str, Any]:
+    out = copy.deepcopy(cr)
+    if status is not None:
+        out["status"] = status
+    return out
+
+
+def test_second_reconcile_writes_nothing() -> None:
+    kube = FakeKube()
+    first = reconcile(CR, kube, LOG)  # type: ignore[arg-type]
+    assert first.result == "applied"
+    assert sorted(kube.writes) == sorted(
+        [
+            ("apply", "ConfigMap"),
+            ("apply", "Service"),
+            ("apply", "Deployment"),
+            ("apply", "HorizontalPodAutoscaler"),
+            ("apply", "PodDisruptionBudget"),
+            ("patch_status", "AutoGLMDeployment"),
+        ]
+    )
+    kube.writes.clear()
+    second = reconcile(_with_status(CR, first.status), kube, LOG)  # type: ignore[arg-type]
+    assert second.result == "unchanged"
+    assert kube.writes == []
+
+
+def test_unwanted_children_are_pruned_only_when_owned() -> None:
+    kube = FakeKube()
+    first = reconcile(CR, kube, LOG)  # type: ignore[arg-type]
+    stranger = copy.deepcopy(kube.objects[("HorizontalPodAutoscaler", "chat")])
+    stranger["metadata"]["name"] = "someone-elses"
+    stranger["metadata"]["ownerReferences"] = [{"uid": "other"}]
+    kube.objects[("HorizontalPodAutoscaler", "someone-elses")] = stranger
+    no_hpa = copy.deepcopy(CR)
+    no_hpa["spec"].pop("autoscaling")
+    no_hpa["metadata"]["generation"] = 2
+    kube.writes.clear()
+    reconcile(_with_status(no_hpa, first.status), kube, LOG)  # type: ignore[arg-type]
+    assert ("delete", "HorizontalPodAutoscaler") in kube.writes
+    assert ("HorizontalPodAutoscaler", "chat") not in kube.objects
+    assert ("HorizontalPodAutoscaler", "someone-elses") in kube.objects
+
+
+@pytest.mark.parametrize("code", [0, 409, 429, 500, 503])
+def test_transient_errors_retry_with_backoff(code: int) -> None:
+    kube = FakeKube()
+    kube.fail[("apply", "Deployment")] = ApiError(
+        code, "Boom", "try later", verb="patch", what="Deployment ml/chat"
+    )
+    with pytest.raises(kopf.TemporaryError) as info:
+        reconcile(CR, kube, LOG, retry=3)  # type: ignore[arg-type]
+    assert info.value.delay == backoff(3) == 8.0
+    assert ("patch_status", "AutoGLMDeployment") not in kube.writes
+
+
+def test_permanent_api_error_degrades_without_retry() -> None:
+    kube = FakeKube()
+    kube.fail[("apply", "Deployment")] = ApiError(
+        422, "Invalid", "spec.template: bad", verb="patch", what="x"
+    )
+    outcome = reconcile(CR, kube, LOG)  # type: ignore[arg-type]
+    assert outcome.result == "failed"
+    degraded = next(c for c in outcome.status["conditions"] if c["type"] == "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "ApplyFailed")
+    assert "422" in degraded["message"]
+    assert [n.reason for n in outcome.notices] == ["ApplyFailed"]
+
+
+def test_invalid_spec_touches_no_child() -> None:
+    kube = FakeKube()
+    bad = copy.deepcopy(CR)
+    bad["spec"]["model"]["source"] = "ftp://x/y"
+    outcome = reconcile(bad, kube, LOG)  # type: ignore[arg-type]
+    assert outcome.result == "invalid"
+    assert kube.writes == [("patch_status", "AutoGLMDeployment")]
+    assert "spec.model.source" in outcome.status["conditions"][0]["message"]
+
+
+def test_applied_hash_ignores_its_own_annotation_and_key_order() -> None:
+    obj = {"kind": "Service", "metadata": {"name": "a", "annotations": {"x": "1"}}, "spec": {"b": 1, "a": 2}}
+    same = {
+        "spec": {"a": 2, "b": 1},
+        "metadata": {"annotations": {"x": "1", HASH_ANNOTATION: "old"}, "name": "a"},
+    }
+    same["kind"] = "Service"
+    assert applied_hash(obj) == applied_hash(same)
+    assert applied_hash(obj) != applied_hash({**obj, "spec": {"a": 3}})
