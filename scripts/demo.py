@@ -44,8 +44,40 @@ def validate_examples() -> None:
             )
 
 
+def render_example(name: str = "autoglm-phone-9b-nf4-autoscaling.yaml") -> None:
+    from autoglm_operator.commands.render import decision
+    from autoglm_operator.render import render
+
+    step(f"2. What the operator creates for examples/{name} (offline render)")
+    cr = yaml.safe_load((REPO / "examples" / name).read_text())
+    rendered = render(cr)
+    print(decision(cr["metadata"]["name"], rendered))
+    for obj in rendered.objects:
+        meta = obj["metadata"]
+        line = f"  {obj['kind']:24} {meta.get('namespace', '')}/{meta['name']}"
+        if obj["kind"] == "Deployment":
+            pod = obj["spec"]["template"]["spec"]
+            main = pod["containers"][0]
+            gpu = {k: v for k, v in main["resources"].get("limits", {}).items() if "/" in k}
+            startup = main["startupProbe"]
+            budget = startup["periodSeconds"] * startup["failureThreshold"]
+            line += (
+                f"  gpu limits {gpu}, nodeSelector {pod.get('nodeSelector', {})}, "
+                f"startup budget {budget}s, init {[c['name'] for c in pod.get('initContainers', [])]}"
+            )
+        elif obj["kind"] == "ConfigMap":
+            data = obj["data"]
+            keys = ("AUTOGLM_QUANTIZATION", "AUTOGLM_GPU_MEMORY_PERCENT", "AUTOGLM_HOST_MEMORY_PERCENT", "AUTOGLM_MODEL")
+            line += "  " + " ".join(f"{k}={data[k]}" for k in keys if k in data)
+        elif obj["kind"] == "HorizontalPodAutoscaler":
+            line += f"  {obj['spec']['minReplicas']}..{obj['spec']['maxReplicas']} replicas"
+        print(line)
+    print("  (full manifests: .venv/bin/autoglm-operator render -f examples/" + name + ")")
+
+
 def main() -> int:
     validate_examples()
+    render_example()
     return 0
 
 
