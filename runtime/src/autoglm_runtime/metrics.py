@@ -1,0 +1,124 @@
+"""Prometheus metrics of the runtime — every metric name lives here, in one place.
+
+The Grafana dashboard and the alert rules are checked against :data:`METRIC_NAMES`. Each app gets
+its own ``CollectorRegistry`` so tests (and several apps in one process) do not collide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from autoglm_runtime.memory import gpu_memory_allocated
+
+REQUESTS_TOTAL = "autoglm_requests_total"
+REQUEST_DURATION = "autoglm_request_duration_seconds"
+TIME_TO_FIRST_TOKEN = "autoglm_time_to_first_token_seconds"
+GENERATED_TOKENS_TOTAL = "autoglm_generated_tokens_total"
+PROMPT_TOKENS_TOTAL = "autoglm_prompt_tokens_total"
+BATCH_SIZE = "autoglm_batch_size"
+QUEUE_DEPTH = "autoglm_queue_depth"
+INFLIGHT_REQUESTS = "autoglm_inflight_requests"
+MODEL_LOAD_SECONDS = "autoglm_model_load_seconds"
+MODEL_MEMORY_BYTES = "autoglm_model_memory_bytes"
+GPU_MEMORY_ALLOCATED = "autoglm_gpu_memory_allocated_bytes"
+MODEL_READY = "autoglm_model_ready"
+
+# The names as they appear in /metrics (counters gain ``_total``; histograms ``_bucket/_sum/_count``).
+METRIC_NAMES: tuple[str, ...] = (
+    REQUESTS_TOTAL,
+    REQUEST_DURATION,
+    TIME_TO_FIRST_TOKEN,
+    GENERATED_TOKENS_TOTAL,
+    PROMPT_TOKENS_TOTAL,
+    BATCH_SIZE,
+    QUEUE_DEPTH,
+    INFLIGHT_REQUESTS,
+    MODEL_LOAD_SECONDS,
+    MODEL_MEMORY_BYTES,
+    GPU_MEMORY_ALLOCATED,
+    MODEL_READY,
+)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class _GpuMemoryCollector(Collector):
+    """Reads allocator stats at scrape time; yields nothing on a machine without CUDA."""
+
+    def __init__(self, read: Callable[[], dict[str, int]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            GPU_MEMORY_ALLOCATED, "Bytes held by tensors on each visible GPU.", labels=["device"]
+        )
+        for device, value in self._read().items():
+            family.add_metric([device], value)
+        yield family
+
+
+class RuntimeMetrics:
+    """The runtime's metrics in a private registry; the app and the engine report into it."""
+
+    def __init__(self, gpu_reader: Callable[[], dict[str, int]] = gpu_memory_allocated) -> None:
+        r = self.registry = CollectorRegistry()
+        # prometheus-client appends ``_total`` to counters itself.
+        self.requests = Counter(
+            REQUESTS_TOTAL.removesuffix("_total"),
+            "HTTP requests by route and status code.",
+            ["route", "status"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            REQUEST_DURATION,
+            "Time from request to last byte, by route.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.time_to_first_token = Histogram(
+            TIME_TO_FIRST_TOKEN,
+            "Time from admission to the first generated token.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.generated_tokens = Counter(
+            GENERATED_TOKENS_TOTAL.removesuffix("_total"), "Tokens generated.", registry=r
+        )
+        self.prompt_tokens = Counter(
+            PROMPT_TOKENS_TOTAL.removesuffix("_total"), "Prompt tokens processed.", registry=r
+        )
+        self.batch_size = Histogram(
+            BATCH_SIZE, "Requests decoded together in one model step.", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge(QUEUE_DEPTH, "Requests waiting for a batch slot.", registry=r)
+        self.inflight = Gauge(INFLIGHT_REQUESTS, "Requests admitted and not finished.", registry=r)
+        self.model_load_seconds = Gauge(
+            MODEL_LOAD_SECONDS, "Seconds the model took to load and warm up.", registry=r
+        )
+        self.model_memory_bytes = Gauge(
+            MODEL_MEMORY_BYTES, "Memory footprint of the model's weights.", registry=r
+        )
+        self.model_ready = Gauge(MODEL_READY, "1 when the model is loaded and warm.", registry=r)
+        r.register(_GpuMemoryCollector(gpu_reader))
+
+    def bind_engine(self, engine: Any) -> None:
+        """Read queue depth and in-flight requests from the engine at scrape time."""
+        self.queue_depth.set_function(lambda: engine.stats().queue_depth)
+        self.inflight.set_function(lambda: engine.stats().inflight)
+        self.model_ready.set_function(lambda: 1.0 if engine.ready else 0.0)
+        engine.batch_observers.append(self.batch_size.observe)
+
+    def model_loaded(self, load_seconds: float, memory_bytes: int) -> None:
+        self.model_load_seconds.set(load_seconds)
+        self.model_memory_bytes.set(memory_bytes)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
