@@ -75,9 +75,80 @@ def render_example(name: str = "autoglm-phone-9b-nf4-autoscaling.yaml") -> None:
     print("  (full manifests: .venv/bin/autoglm-operator render -f examples/" + name + ")")
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def serve_and_ask(question: str = "What is the capital of France?") -> None:
+    import os
+    import subprocess
+    import time
+
+    import httpx
+    from openai import OpenAI
+
+    from autoglm_runtime.devmodels import packaged_smollm2
+
+    step("3. Serve a real small model (SmolLM2-135M-Instruct, nf4 on CPU) and ask it a question")
+    model = packaged_smollm2()
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    cmd = [
+        sys.executable, "-m", "autoglm_runtime.cli", "serve", "--model", str(model), "--quantization", "nf4",
+        "--host", "127.0.0.1", "--port", str(port), "--log-format", "text", "--log-level", "WARNING",
+    ]  # fmt: skip
+    print("  $ autoglm-runtime serve --model", model.name, "--quantization nf4 --port", port)
+    proc = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        started = time.monotonic()
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"the runtime exited with code {proc.returncode} before it was ready")
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() - started > 300:
+                raise SystemExit("the runtime was not ready after 300 s")
+            time.sleep(0.5)
+        print(f"  ready after {time.monotonic() - started:.1f} s (/healthz answered while it loaded)")
+        client = OpenAI(base_url=f"{base}/v1", api_key="unused")
+        t0 = time.monotonic()
+        reply = client.chat.completions.create(
+            model=client.models.list().data[0].id,
+            messages=[{"role": "user", "content": question}],
+            max_tokens=24,
+            temperature=0,
+        )
+        latency = time.monotonic() - t0
+        print(f"  Q: {question}")
+        print(f"  A: {reply.choices[0].message.content.strip()}")
+        usage = reply.usage
+        print(
+            f"  latency {latency:.2f} s, {usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens"
+            if usage
+            else f"  latency {latency:.2f} s"
+        )
+        wanted = ("autoglm_model_memory_bytes", "autoglm_model_load_seconds", "autoglm_generated_tokens_total",
+                  "autoglm_time_to_first_token_seconds_sum")  # fmt: skip
+        for line in httpx.get(f"{base}/metrics", timeout=5).text.splitlines():
+            if line.startswith(wanted):
+                print("  metric", line)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        print(f"  runtime stopped (exit code {proc.returncode})")
+
+
 def main() -> int:
     validate_examples()
     render_example()
+    serve_and_ask()
     return 0
 
 
