@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint crds demo clean chart-sync chart-lint images images-smoke e2e
+.PHONY: help install test test-fast lint crds demo clean chart-sync chart-lint images images-smoke e2e bench
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-16s %s\n", $$1, $$2}'
@@ -50,10 +50,14 @@ images: install ## build the operator and runtime (CPU) images: docker if it run
 	bash scripts/build-images.sh
 
 images-smoke: install ## build the images, then run them (operator CRD, runtime /readyz + a completion)
+	bash scripts/install-image-tools.sh
 	$(BIN)/pytest -q -m images tests/delivery/test_images.py
 
 demo: install ## validate + render the examples, then run the runtime on a packaged small model
 	$(PY) scripts/demo.py
+
+bench: install ## runtime vs batch-1 vs transformers serve, quantization, overhead, operator (< 20 min); writes bench-results/ and docs/benchmarks.md
+	$(PY) -m benchmarks.run_all $(BENCH_ARGS)
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist
