@@ -158,7 +158,7 @@ class FailingRunner(ModelRunner):
         return super().decode(tokens, mask, cache)
 
 
-async def test_failed_step_fails_its_batch_and_the_engine_keeps_serving(
+async def test_failed_step_is_retried_in_smaller_batches_and_the_engine_keeps_serving(
     make_engine: Any, tiny_loaded: Any
 ) -> None:
     engine = make_engine(
@@ -167,6 +167,16 @@ async def test_failed_step_fails_its_batch_and_the_engine_keeps_serving(
     results = await asyncio.gather(
         run_one(engine, "Hi", greedy(10)), run_one(engine, "Hello", greedy(10)), return_exceptions=True
     )
-    assert all(isinstance(r, GenerationFailedError) for r in results)
+    # One failed step: its two rows are re-run one by one (from prompt + tokens so far) and finish.
+    assert [r[1] for r in results if isinstance(r, tuple)] == [10, 10], results
+    assert engine.failed_steps == 1
+    assert engine.retried_rows == 2
     assert (await run_one(engine, "Hi", greedy(5)))[1] == 5
     assert engine.stats().inflight == 0
+
+
+async def test_a_row_that_fails_alone_gets_generation_failed(make_engine: Any, tiny_loaded: Any) -> None:
+    engine = make_engine(FailingRunner(tiny_loaded.model, tiny_loaded.tokenizer, fail_at=2))
+    with pytest.raises(GenerationFailedError):
+        await run_one(engine, "Hi", greedy(10))
+    assert (await run_one(engine, "Hi", greedy(5)))[1] == 5

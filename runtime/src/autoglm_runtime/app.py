@@ -3,12 +3,12 @@
 Every error a client can cause gets the OpenAI error shape ``{"error": {message, type, param, code}}``
 and a 4xx status; nothing reaches the client as a traceback.
 
-Where later features plug in:
-- auth (API keys) and per-key rate limits: FastAPI dependencies passed as ``api_dependencies``
-  (applied to every ``/v1`` route; /healthz, /readyz stay open, /metrics optionally);
-- TLS: uvicorn's ``ssl_*`` arguments in :mod:`autoglm_runtime.serve`;
-- a circuit breaker: ``engine.admission_hooks`` (raise ``EngineOverloadedError`` → 429/503);
-- graceful shutdown: the ``lifespan`` below (stop admitting, drain, then ``engine.stop``).
+Hardening lives around the routes, not in them:
+- API keys, rate limits and shutdown draining: the :class:`~autoglm_runtime.guard.Guard` middleware
+  (before the body is read; /healthz, /readyz stay open, /metrics optionally guarded);
+- model failures and the circuit breaker: in the engine (503 ``generation_failed`` /
+  ``model_unavailable``); /readyz is 503 while the breaker is open or the server drains;
+- TLS and SIGTERM handling: :mod:`autoglm_runtime.serve`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -34,12 +35,14 @@ from autoglm_runtime.engine import (
     EngineNotReadyError,
     GenerationFailedError,
     InvalidRequestError,
+    ModelUnavailableError,
     PromptTooLongError,
     QueueFullError,
     RequestHandle,
     RequestTimeoutError,
     SamplingParams,
 )
+from autoglm_runtime.guard import Guard, GuardState
 from autoglm_runtime.loader import served_name
 from autoglm_runtime.metrics import CONTENT_TYPE, RuntimeMetrics
 from autoglm_runtime.schemas import (
@@ -99,6 +102,9 @@ def engine_error(exc: EngineError, param: str | None = None) -> APIError:
         return APIError(503, str(exc), "service_unavailable", code="not_ready", headers={"Retry-After": "5"})
     if isinstance(exc, RequestTimeoutError):
         return APIError(504, str(exc), "timeout", code="timeout")
+    if isinstance(exc, ModelUnavailableError):
+        retry = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+        return APIError(503, str(exc), "service_unavailable", code="model_unavailable", headers=retry)
     if isinstance(exc, GenerationFailedError):
         return APIError(503, str(exc), "server_error", code="generation_failed", headers={"Retry-After": "1"})
     return APIError(500, "internal error", "server_error")
@@ -182,9 +188,15 @@ def create_app(
     metrics: RuntimeMetrics | None = None,
     api_dependencies: Sequence[Depends] = (),
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
+    guard: GuardState | None = None,
 ) -> FastAPI:
-    """The runtime's app. ``engine`` may still be loading: /healthz answers, /readyz says 503."""
+    """The runtime's app. ``engine`` may still be loading: /healthz answers, /readyz says 503.
+
+    ``guard`` (API keys, rate limits, draining) is built from ``settings`` unless given; ``serve``
+    passes its own so SIGTERM can start the drain.
+    """
     metrics = metrics or RuntimeMetrics()
+    guard = guard or GuardState.from_settings(settings)
     metrics.bind_engine(engine)
     model_name = served_name(settings)
     accepted_names = {model_name, settings.model}
@@ -200,6 +212,7 @@ def create_app(
     app.state.engine = engine
     app.state.metrics = metrics
     app.state.settings = settings
+    app.state.guard = guard
 
     # --- errors: always the OpenAI shape -------------------------------------------------------
     @app.exception_handler(APIError)
@@ -231,6 +244,13 @@ def create_app(
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
+        if guard.draining:
+            return APIError(
+                503, "shutting down", "service_unavailable", code="server_shutting_down"
+            ).response()
+        if engine.ready and engine.breaker.is_open:
+            message = f"model keeps failing ({engine.breaker.last_error}); circuit breaker open"
+            return APIError(503, message, "service_unavailable", code="model_unavailable").response()
         if engine.ready:
             return JSONResponse({"status": "ready", "model": model_name})
         if engine.load_error:
@@ -394,7 +414,9 @@ def create_app(
         )
 
     app.include_router(api)
-    # Outermost first: the size limit runs before anything reads the body; metrics see every response.
+    # Added innermost first. The size limit runs before anything reads the body; metrics see every
+    # response the guard gives (401/429/503); the guard runs before FastAPI parses the body.
+    app.add_middleware(Guard, state=guard)
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     return app

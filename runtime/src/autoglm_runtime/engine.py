@@ -10,19 +10,26 @@ The event loop is never blocked: the worker hands token deltas to each request's
 ``loop.call_soon_threadsafe``. This module never imports FastAPI; the HTTP layer maps the typed
 errors below to status codes.
 
-Extension points (for the circuit breaker, OOM handling and failure injection):
+Failures: a model step that raises (CUDA out of memory above all) fails only its own rows, and not
+at once: the engine frees cached memory and re-runs those rows in halves (prefilling each row's
+prompt plus the tokens it already has, so streams continue where they were); only a row that fails
+alone gets :class:`GenerationFailedError`, and counts towards :attr:`Engine.breaker`; when that
+opens, new requests get :class:`ModelUnavailableError` at once and queued ones are not fed to the
+model until a probe request succeeds. After a failure the batch cap halves, then regrows by one row
+per ``BATCH_CAP_RECOVERY_STEPS`` good steps.
+
+Extension points:
 - ``ModelRunner`` is the only code that touches the model; pass another ``runner`` (e.g. one that
   raises on the n-th step) to inject failures.
-- ``Engine._fail_rows`` is where a failed step fails its rows (today: all rows of that step get a
-  :class:`GenerationFailedError`, the server stays up); retrying with smaller batches plugs in there.
-- ``Engine.admission_hooks`` run in :meth:`Engine.submit` before a request is queued (a circuit
-  breaker raises :class:`EngineOverloadedError` from one).
-- ``Engine.batch_observers`` get the batch size of every decode step (metrics).
+- ``Engine.admission_hooks`` run in :meth:`Engine.submit` before a request is queued.
+- ``Engine.batch_observers`` get the batch size of every decode step, ``Engine.failure_observers``
+  every failed model step (metrics).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import itertools
 import logging
@@ -32,6 +39,8 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from autoglm_runtime.breaker import CircuitBreaker, CircuitOpenError
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +73,15 @@ class EngineNotReadyError(EngineError):
 
 
 class GenerationFailedError(EngineError):
-    """The model step failed (e.g. out of memory); only the rows of that step fail."""
+    """The model failed on this request even in a batch of its own (e.g. out of memory)."""
+
+
+class ModelUnavailableError(EngineError):
+    """The circuit breaker is open: the model keeps failing; retry after ``retry_after_s``."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class RequestTimeoutError(EngineError):
@@ -109,6 +126,9 @@ class EngineConfig:
     max_input_tokens: int = 4096
     max_new_tokens: int = 512
     request_timeout_s: float = 300.0
+    breaker_failure_threshold: int = 5
+    breaker_window_s: float = 60.0
+    breaker_cooldown_s: float = 10.0
 
     @classmethod
     def from_settings(cls, settings: Any) -> EngineConfig:
@@ -341,6 +361,14 @@ def _cache_of(out: Any) -> Any:
     return cache if cache is not None else out.past_key_values
 
 
+BATCH_CAP_RECOVERY_STEPS = 32
+
+
+def _halves(rows: list[_Request]) -> list[list[_Request]]:
+    half = (len(rows) + 1) // 2
+    return [rows[:half], rows[half:]]
+
+
 def _stop_holdback(text: str, stops: Sequence[str]) -> int:
     """How many trailing chars might start a stop sequence (held back from the stream)."""
     hold = 0
@@ -367,6 +395,14 @@ class Engine:
         self.model_name: str | None = None
         self.admission_hooks: list[Callable[[], None]] = []
         self.batch_observers: list[Callable[[int], None]] = []
+        self.failure_observers: list[Callable[[BaseException], None]] = []
+        self.breaker = CircuitBreaker(
+            config.breaker_failure_threshold, config.breaker_window_s, config.breaker_cooldown_s
+        )
+        self.failed_steps = 0  # model steps that raised
+        self.retried_rows = 0  # rows re-run in a smaller batch after their batch failed
+        self.batch_cap = config.max_batch_size  # lowered after a failed step, regrows with good steps
+        self._steps_at_cap = 0
         self._lock = threading.Condition()
         self._waiting: deque[_Request] = deque()
         self._running: list[_Request] = []
@@ -461,6 +497,10 @@ class Engine:
             params = SamplingParams(**{**params.__dict__, "max_tokens": self.config.max_new_tokens})
         for hook in self.admission_hooks:
             hook()
+        try:
+            probe = self.breaker.allow()
+        except CircuitOpenError as exc:
+            raise ModelUnavailableError(f"{exc}; retry later", exc.retry_after_s) from None
         request = _Request(
             prompt_ids=ids,
             params=params,
@@ -472,6 +512,8 @@ class Engine:
             pending = len(self._waiting) + len(self._running) + len(self._prefilling)
             waiting_after = pending + 1 - self.config.max_batch_size
             if pending >= self.config.max_concurrent_requests or waiting_after > self.config.max_queue:
+                if probe:
+                    self.breaker.cancel_probe()
                 raise QueueFullError(
                     f"server busy: {pending} requests in flight, queue limit {self.config.max_queue}; retry later",
                     retry_after_s=1.0,
@@ -519,29 +561,12 @@ class Engine:
                     if r.cancelled or now > r.deadline:
                         self._waiting.remove(r)
                         self._finish(r, None if r.cancelled else RequestTimeoutError("request timed out"))
-                free = self.config.max_batch_size - len(self._running)
+                free = self.batch_cap - len(self._running)
                 new = [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
                 self._prefilling = new
             mask, cache = self._drop_finished(mask, cache)
             if new:
-                try:
-                    logits, new_mask, new_cache = runner.prefill([r.prompt_ids for r in new])
-                    tokens = runner.sample(logits, new)
-                except Exception as exc:  # noqa: BLE001 - any model failure fails these rows only
-                    with self._lock:
-                        self._prefilling = []
-                    self._fail_rows(new, exc)
-                else:
-                    with self._lock:
-                        self._running.extend(new)
-                        self._prefilling = []
-                    if cache is None:
-                        mask, cache = new_mask, new_cache
-                    else:
-                        mask, cache = runner.merge((mask, cache), (new_mask, new_cache))
-                    for r, t in zip(new, tokens, strict=True):
-                        self._append(r, t)
-                    mask, cache = self._drop_finished(mask, cache)
+                mask, cache = self._admit([new], mask, cache)
             if not self._running:
                 mask = cache = None
                 continue
@@ -553,10 +578,25 @@ class Engine:
             try:
                 logits, mask, cache = runner.decode([r.generated[-1] for r in rows], mask, cache)
                 tokens = runner.sample(logits, rows)
-            except Exception as exc:  # noqa: BLE001
-                self._fail_rows(rows, exc)
-                mask = cache = None
+            except Exception as exc:  # noqa: BLE001 - any model failure fails these rows only
+                mask = cache = logits = None
+                self._step_failed(exc, rows)
+                with self._lock:
+                    self._running = []
+                    self._prefilling = list(rows)
+                if len(rows) > 1:
+                    self.retried_rows += len(rows)
+                    first, rest = _halves(rows)
+                    with self._lock:  # the second half waits at the head of the queue for room
+                        self._prefilling = list(first)
+                        self._waiting.extendleft(reversed(rest))
+                    mask, cache = self._admit([first], None, None)
+                else:
+                    with self._lock:
+                        self._prefilling = []
+                    self._give_up(rows, exc)
                 continue
+            self._step_succeeded()
             for r, t in zip(rows, tokens, strict=True):
                 self._append(r, t)
             mask, cache = self._drop_finished(mask, cache)
@@ -566,6 +606,97 @@ class Engine:
             self._running.clear()
         for r in leftover:
             self._finish(r, EngineNotReadyError("the server is shutting down"))
+
+    def _admit(self, groups: list[list[_Request]], mask: Any, cache: Any) -> tuple[Any, Any]:
+        """Prefill each group (prompt + tokens generated so far) and merge it into the running batch.
+
+        A group whose prefill fails is split in half and retried (after freeing memory), so a batch
+        that was merely too big still completes; a row that fails alone gets a 503. Rows beyond
+        :attr:`batch_cap` (halved by each failure) go back to the head of the queue. While the
+        breaker is open no group reaches the model.
+        """
+        assert self.runner is not None
+        runner = self.runner
+        groups = [g for g in groups if g]
+        while groups:
+            group = groups.pop(0)
+            room = max(0, self.batch_cap - len(self._running))
+            if len(group) > room:  # the cap shrank after a failure: the rest waits at the queue's head
+                with self._lock:
+                    self._waiting.extendleft(reversed(group[room:]))
+                    self._prefilling = [r for r in self._prefilling if r not in group[room:]]
+                group = group[:room]
+                if not group:
+                    continue
+            if self.breaker.is_open:
+                self._drop_prefilling(group)
+                retry = max(1.0, self.breaker.retry_after_s())
+                for r in group:
+                    self._finish(r, ModelUnavailableError("the model keeps failing; retry later", retry))
+                continue
+            try:
+                logits, new_mask, new_cache = runner.prefill([r.prompt_ids + r.generated for r in group])
+                tokens = runner.sample(logits, group)
+            except Exception as exc:  # noqa: BLE001 - any model failure fails these rows only
+                self._step_failed(exc, group)
+                if len(group) > 1:
+                    self.retried_rows += len(group)
+                    groups[:0] = _halves(group)
+                else:
+                    self._drop_prefilling(group)
+                    self._give_up(group, exc)
+                continue
+            self._step_succeeded()
+            with self._lock:
+                self._running.extend(group)
+                self._prefilling = [r for r in self._prefilling if r not in group]
+            if cache is None:
+                mask, cache = new_mask, new_cache
+            else:
+                mask, cache = runner.merge((mask, cache), (new_mask, new_cache))
+            for r, t in zip(group, tokens, strict=True):
+                self._append(r, t)
+            mask, cache = self._drop_finished(mask, cache)
+        return mask, cache
+
+    def _drop_prefilling(self, rows: list[_Request]) -> None:
+        with self._lock:
+            self._prefilling = [r for r in self._prefilling if r not in rows]
+
+    def _give_up(self, rows: list[_Request], exc: Exception) -> None:
+        """A row failed in a batch of its own: fail it (503) and count it towards the circuit breaker.
+
+        Only such final failures count, not every failed step of the halving: one poisonous request
+        fails log2(batch) steps in a row on its way down, which must not take the pod out of service.
+        """
+        self.breaker.record_failure(exc)
+        self._fail_rows(rows, exc)
+
+    def _step_succeeded(self) -> None:
+        self.breaker.record_success()
+        if self.batch_cap < self.config.max_batch_size:
+            self._steps_at_cap += 1
+            if self._steps_at_cap >= BATCH_CAP_RECOVERY_STEPS:
+                self.batch_cap += 1
+                self._steps_at_cap = 0
+
+    def _step_failed(self, exc: BaseException, rows: list[_Request]) -> None:
+        """Count a failed model step, tell the breaker and observers, and give memory back."""
+        self.failed_steps += 1
+        # Multiplicative decrease: the batch that failed was too big for now; grow back one row per
+        # BATCH_CAP_RECOVERY_STEPS good steps (additive increase), as TCP does with its window.
+        self.batch_cap = max(1, min(self.batch_cap, len(rows)) // 2) if len(rows) > 1 else self.batch_cap
+        self._steps_at_cap = 0
+        log.warning("Model step failed for a batch of %d: %s: %s", len(rows), type(exc).__name__, exc)
+        for observer in self.failure_observers:
+            observer(exc)
+        # The traceback pins the failed step's frames, and with them its activations and cache.
+        exc.__traceback__ = None
+        gc.collect()
+        assert self.runner is not None
+        torch = getattr(self.runner, "torch", None)
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def _drop_finished(self, mask: Any, cache: Any) -> tuple[Any, Any]:
         """Remove finished, cancelled and expired rows from the batch (and their cache rows)."""

@@ -27,6 +27,8 @@ MODEL_LOAD_SECONDS = "autoglm_model_load_seconds"
 MODEL_MEMORY_BYTES = "autoglm_model_memory_bytes"
 GPU_MEMORY_ALLOCATED = "autoglm_gpu_memory_allocated_bytes"
 MODEL_READY = "autoglm_model_ready"
+CIRCUIT_BREAKER_OPEN = "autoglm_circuit_breaker_open"
+GENERATION_FAILURES_TOTAL = "autoglm_generation_failures_total"
 
 # The names as they appear in /metrics (counters gain ``_total``; histograms ``_bucket/_sum/_count``).
 METRIC_NAMES: tuple[str, ...] = (
@@ -42,6 +44,8 @@ METRIC_NAMES: tuple[str, ...] = (
     MODEL_MEMORY_BYTES,
     GPU_MEMORY_ALLOCATED,
     MODEL_READY,
+    CIRCUIT_BREAKER_OPEN,
+    GENERATION_FAILURES_TOTAL,
 )
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -107,6 +111,19 @@ class RuntimeMetrics:
             MODEL_MEMORY_BYTES, "Memory footprint of the model's weights.", registry=r
         )
         self.model_ready = Gauge(MODEL_READY, "1 when the model is loaded and warm.", registry=r)
+        self.circuit_breaker_open = Gauge(
+            CIRCUIT_BREAKER_OPEN,
+            "1 while the circuit breaker sheds load because the model keeps failing.",
+            registry=r,
+        )
+        self.generation_failures = Counter(
+            GENERATION_FAILURES_TOTAL.removesuffix("_total"),
+            "Model steps that raised, by kind (oom or error); their rows are retried in smaller batches.",
+            ["kind"],
+            registry=r,
+        )
+        for kind in ("oom", "error"):  # export zeros, so rate() and alerts see the series from the start
+            self.generation_failures.labels(kind=kind)
         r.register(_GpuMemoryCollector(gpu_reader))
 
     def bind_engine(self, engine: Any) -> None:
@@ -115,6 +132,19 @@ class RuntimeMetrics:
         self.inflight.set_function(lambda: engine.stats().inflight)
         self.model_ready.set_function(lambda: 1.0 if engine.ready else 0.0)
         engine.batch_observers.append(self.batch_size.observe)
+        breaker = getattr(engine, "breaker", None)
+        if breaker is not None:
+            self.circuit_breaker_open.set_function(lambda: 1.0 if breaker.is_open else 0.0)
+        if hasattr(engine, "failure_observers"):
+            engine.failure_observers.append(self.record_failure)
+
+    def record_failure(self, exc: BaseException) -> None:
+        kind = (
+            "oom"
+            if "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
+            else "error"
+        )
+        self.generation_failures.labels(kind=kind).inc()
 
     def model_loaded(self, load_seconds: float, memory_bytes: int) -> None:
         self.model_load_seconds.set(load_seconds)

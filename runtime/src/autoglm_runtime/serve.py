@@ -171,23 +171,32 @@ def run(args: argparse.Namespace) -> int:
     # the loader thread instead, every later CPU decode step was 3-10x slower.
     torch.ones(512, 512).matmul(torch.ones(512, 512)).sum()
 
+    from autoglm_runtime.auth import ApiKeysError
+    from autoglm_runtime.guard import GuardState
+    from autoglm_runtime.shutdown import DrainingServer
+    from autoglm_runtime.tls import ReloadingTLS, TLSConfigError
+
+    # Unusable key or certificate files are configuration errors: say which file, before listening.
+    try:
+        guard = GuardState.from_settings(settings)
+        tls = (
+            ReloadingTLS(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
+            if settings.tls_cert_file is not None and settings.tls_key_file is not None
+            else None
+        )
+    except (ApiKeysError, TLSConfigError) as exc:
+        print(f"autoglm-runtime serve: {exc}", file=sys.stderr)
+        return 2
+
     engine = Engine(EngineConfig.from_settings(settings))
     metrics = RuntimeMetrics()
 
     async def shutdown() -> None:
         engine.stop()
 
-    app = create_app(settings, engine, metrics=metrics, on_shutdown=shutdown)
-    ssl: dict[str, Any] = {}
-    if settings.tls_enabled:
-        ssl = {"ssl_certfile": str(settings.tls_cert_file), "ssl_keyfile": str(settings.tls_key_file)}
-        if settings.tls_client_ca_file is not None:
-            import ssl as ssl_module
-
-            ssl |= {
-                "ssl_ca_certs": str(settings.tls_client_ca_file),
-                "ssl_cert_reqs": ssl_module.CERT_REQUIRED,
-            }
+    app = create_app(settings, engine, metrics=metrics, on_shutdown=shutdown, guard=guard)
+    # TLS 1.2+, AEAD ciphers, optional mTLS, and certificates reloaded when the Secret changes.
+    ssl: dict[str, Any] = {"ssl_context_factory": tls.uvicorn_factory()} if tls is not None else {}
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -196,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
         **ssl,
     )
-    server = uvicorn.Server(config)
+    server = DrainingServer(config, guard, settings.shutdown_grace_s)
 
     def stop_server() -> None:
         server.should_exit = True

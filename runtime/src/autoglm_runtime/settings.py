@@ -89,6 +89,15 @@ class RuntimeSettings(BaseSettings):
     rate_limit_burst: int = Field(0, ge=0, description="Bucket size; 0 = max(1, rate).")
     rate_limit_per_key_rps: float = Field(0.0, ge=0, description="Token-bucket rate per API key; 0 = off.")
     shutdown_grace_s: float = Field(25.0, ge=0, description="SIGTERM: time to finish in-flight requests.")
+    breaker_failure_threshold: int = Field(
+        5, ge=1, le=1000, description="Requests failing in a row (each in a batch of its own) that open the breaker."
+    )
+    breaker_window_s: float = Field(
+        60.0, gt=0, description="The failures must fall within this many seconds."
+    )
+    breaker_cooldown_s: float = Field(
+        10.0, gt=0, description="Open breaker: seconds of fast 503s before one probe request is let through."
+    )
     log_format: str = Field("json", pattern="^(json|text)$", description="json (in pods) or text.")
     log_level: str = Field("INFO", description="Python log level.")
 
