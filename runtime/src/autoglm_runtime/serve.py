@@ -14,13 +14,13 @@ import json
 import logging
 import sys
 import threading
-import time
 from enum import Enum
 from pathlib import Path
 from typing import Any, get_args
 
 from pydantic import ValidationError
 
+from autoglm_runtime.logs import LogFormatter
 from autoglm_runtime.settings import ENV_PREFIX, RuntimeSettings
 
 log = logging.getLogger("autoglm_runtime.serve")
@@ -70,26 +70,9 @@ def settings_from_args(args: argparse.Namespace) -> RuntimeSettings:
         raise ValueError("; ".join(problems)) from None
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exc_info"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
-
-
 def configure_logging(settings: RuntimeSettings) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    if settings.log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(LogFormatter(settings.log_format == "json"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
