@@ -33,6 +33,9 @@ lint: install ## ruff + mypy
 e2e: install ## operator end-to-end tests (real kopf operator vs an emulated API server; -m cluster for a real one)
 	$(BIN)/pytest -q tests/operator/e2e
 
+reliability: install ## fuzz, chaos, overload and security suite at full counts (< 30 min); prints the figures table
+	AUTOGLM_RELIABILITY=1 $(BIN)/pytest -q tests/reliability --timeout 1800
+
 crds: install ## regenerate crds/ from the pydantic API models
 	$(BIN)/autoglm-operator crd -o crds/autoglm.io_autoglmdeployments.yaml
 	$(MAKE) --no-print-directory chart-sync

@@ -411,6 +411,7 @@ class Engine:
         self._stopping = False
         self._steps = 0
         self._max_batch_seen = 0
+        self._last_fresh_batch = 2  # > 1: the first fresh batch waits the window (see _loop)
         self.load_error: str | None = None
 
     # lifecycle
@@ -548,8 +549,12 @@ class Engine:
                     self._lock.wait()
                 if self._stopping:
                     break
-                if not self._running and self.config.batch_window_ms > 0:
-                    # A fresh batch: give concurrent requests a moment to arrive together.
+                fresh = not self._running
+                if fresh and self.config.batch_window_ms > 0 and self._last_fresh_batch > 1:
+                    # A fresh batch: give concurrent requests a moment to arrive together. Skipped
+                    # while traffic comes one request at a time (the last fresh batch had one row):
+                    # waiting would only add the window to every request's latency; a burst that
+                    # then arrives joins the running batch at the next step anyway.
                     end = time.monotonic() + self.config.batch_window_ms / 1000
                     while len(self._waiting) < self.config.max_batch_size and not self._stopping:
                         left = end - time.monotonic()
@@ -564,6 +569,8 @@ class Engine:
                 free = self.batch_cap - len(self._running)
                 new = [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
                 self._prefilling = new
+                if fresh and new:
+                    self._last_fresh_batch = len(new)
             mask, cache = self._drop_finished(mask, cache)
             if new:
                 mask, cache = self._admit([new], mask, cache)

@@ -1,0 +1,416 @@
+"""Turn ``bench-results/*.json`` into ``bench-results/results.json``, ``docs/benchmarks.md`` and
+``docs/img/bench-*.png`` (matplotlib, Agg). Numbers in the docs come only from the JSON files;
+the prose around them lives in ``benchmarks/notes.md`` and is copied in as written.
+
+``python -m benchmarks.report --results bench-results --docs docs``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.targets import fmt_number
+
+REPO = Path(__file__).resolve().parent.parent
+PARTS = ("runtime", "overhead", "operator")
+
+
+def load(results: Path) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for part in PARTS:
+        f = results / f"{part}.json"
+        if f.is_file():
+            merged[part] = json.loads(f.read_text())
+    run_file = results / "run.json"
+    if run_file.is_file():
+        merged["run"] = json.loads(run_file.read_text())
+    merged["targets"] = [t for part in PARTS for t in merged.get(part, {}).get("targets", [])]
+    return merged
+
+
+def _f(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+# --- plots ------------------------------------------------------------------------------------------
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_runtime(batching: dict[str, Any], load: dict[str, Any], img: Path) -> list[str]:
+    plt = _plt()
+    conc = load["concurrencies"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for name, runs in batching["runs"].items():
+        axes[0].plot(conc, [r["output_throughput"] for r in runs], marker="o", label=name)
+        axes[1].plot(conc, [r["ttft"]["p99_ms"] / 1000 for r in runs], marker="o", label=name)
+    axes[0].set(title="output tokens/s", xlabel="concurrent requests", xscale="log")
+    axes[1].set(
+        title="time to first token, p99 (s)", xlabel="concurrent requests", xscale="log", yscale="log"
+    )
+    for ax in axes:
+        ax.set_xticks(conc, [str(c) for c in conc])
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{batching['model']}: {load['input_tokens']} tokens in, {load['output_tokens']} out")
+    fig.tight_layout()
+    path = img / "bench-runtime-batching.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path.name]
+
+
+def plot_quantization(q: dict[str, Any], img: Path) -> list[str]:
+    plt = _plt()
+    modes = list(q["throughput"])
+    fp = q["footprint"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    axes[0].bar([m for m in modes if m in fp], [fp[m]["mib"] for m in modes if m in fp], color="tab:blue")
+    axes[0].set(title=f"weight footprint (MiB), {q['model']}")
+    axes[1].bar(modes, [q["throughput"][m]["output_throughput"] for m in modes], color="tab:green")
+    axes[1].set(title=f"output tokens/s at concurrency {q['concurrency']}")
+    for ax in axes:
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    path = img / "bench-quantization.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path.name]
+
+
+def plot_operator(op: dict[str, Any], img: Path) -> list[str]:
+    plt = _plt()
+    scale = op["scale"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    sizes = sorted(scale["bursts"], key=int)
+    axes[0].bar([str(s) for s in sizes], [scale["bursts"][s]["cr_per_s"] for s in sizes], color="tab:purple")
+    axes[0].set(title="burst throughput (CR/s)", xlabel="CRs created at once")
+    samples = scale["soak"]["samples"]
+    axes[1].plot([s["t_s"] for s in samples], [s["rss_mib"] for s in samples], marker=".")
+    axes[1].axhline(scale["rss_idle_mib"], color="gray", linestyle="--", label="idle (1 CR)")
+    axes[1].set(title=f"operator RSS (MiB) during the soak, {scale['managed_crs']} CRs", xlabel="seconds")
+    axes[1].set_ylim(bottom=0)
+    axes[1].legend(fontsize=8, loc="lower left")
+    counted = [(x["t_s"], x["reconciles"]) for x in samples if x.get("reconciles") is not None]
+    if len(counted) > 1:
+        twin = axes[1].twinx()
+        base = counted[0][1]
+        twin.plot([t for t, _ in counted], [c - base for _, c in counted], color="tab:orange", alpha=0.7)
+        twin.set_ylabel("reconciles since the soak began", color="tab:orange")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = img / "bench-operator.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path.name]
+
+
+# --- markdown ------------------------------------------------------------------------------------------
+def machine_section(m: dict[str, Any]) -> str:
+    v = m.get("versions", {})
+    gpu = m.get("gpu")
+    rows = [
+        ("CPU", f"{m.get('cpu')} — {m.get('cores')} cores"),
+        ("memory", f"{m.get('memory_gib')} GiB"),
+        ("GPU", f"{gpu['name']} ({gpu['memory_gib']} GiB)" if gpu else "none (CUDA not available)"),
+        ("OS / Python", f"{m.get('os')} / {m.get('python')}"),
+        (
+            "torch / transformers / bitsandbytes",
+            f"{v.get('torch')} / {v.get('transformers')} / {v.get('bitsandbytes')}",
+        ),
+        ("kopf / kmock", f"{v.get('kopf')} / {v.get('kmock')}"),
+        ("git", m.get("git") or "–"),
+    ]
+    return table(["", ""], rows)
+
+
+def _run_row(name: str, r: dict[str, Any]) -> list[str]:
+    return [
+        name,
+        str(r["workload"]["concurrency"]),
+        f"{r['completed']}/{r['completed'] + r['errors'] + r.get('skipped', 0)}",
+        _f(r["output_throughput"]),
+        _f(r["request_throughput"], 2),
+        _f(r["ttft"]["p50_ms"], 0),
+        _f(r["ttft"]["p99_ms"], 0),
+        _f(r["tpot"]["p50_ms"], 0),
+        _f(r["itl"]["p99_ms"], 0),
+        _f(r["e2e"]["p50_ms"], 0),
+        _f(r["e2e"]["p99_ms"], 0),
+        str(r["errors"]),
+    ]
+
+
+RUN_HEADER = [
+    "server", "conc.", "done", "out tok/s", "req/s", "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms", "ITL p99 ms",
+    "e2e p50 ms", "e2e p99 ms", "errors",
+]  # fmt: skip
+
+
+def runtime_section(rt: dict[str, Any], img: Path) -> tuple[str, list[str]]:
+    out: list[str] = []
+    images: list[str] = []
+    load = rt["load"]
+    out.append(
+        f"Load: {load['input_tokens']} prompt tokens, exactly {load['output_tokens']} output tokens per request "
+        f"(forced: `min_tokens` for the runtime, `generation_config.min_new_tokens` for transformers serve), "
+        f"greedy, streaming; concurrency {', '.join(map(str, load['concurrencies']))} with "
+        f"{', '.join(map(str, load['requests']))} requests; no new request after {load['max_duration_s']:g} s "
+        f"of a run; {load['threads']} torch thread(s) per server. Load average "
+        f"{_f(rt['load_average_start'][0])} at the start, {_f(rt['load_average_end'][0])} at the end."
+    )
+    b = rt.get("batching")
+    if b:
+        out.append(f"\n### Batching and the peer ({b['model']})\n")
+        rows = []
+        for name, runs in b["runs"].items():
+            rows += [_run_row(name, r) for r in runs]
+        out.append(table(RUN_HEADER, rows))
+        out.append("")
+        out.append(
+            table(
+                ["server", "command", "ready within s", "RSS MiB (ready)", "idle CPU"],
+                [
+                    [
+                        n,
+                        f"`{f['argv']}`",
+                        _f(f["ready_s"]),
+                        _f(f["rss_mib_ready"], 0),
+                        f"{100 * f['idle_cpu_fraction']:.0f}%",
+                    ]
+                    for n, f in b["servers"].items()
+                ],
+            )
+        )
+        if "ratios" in b:
+            out.append("")
+            out.append(
+                "Ratios at the top concurrency: "
+                + ", ".join(f"{k.replace('_', ' ')} **{v:.2f}x**" for k, v in b["ratios"].items())
+                + "."
+            )
+        prof = b.get("profile_batched_top")
+        if prof and prof.get("samples"):
+            out.append(
+                f"\nWhere the batched server's time goes at the top concurrency (py-spy, {prof['samples']} samples "
+                "in an extra run): "
+                + ", ".join(f"{k} {v:.0%}" for k, v in prof["phases"].items() if v >= 0.005)
+                + "; innermost functions: "
+                + ", ".join(f"`{k}` {v:.0%}" for k, v in list(prof["top_leaf_functions"].items())[:4])
+                + "."
+            )
+        images += plot_runtime(b, load, img)
+        out.append("\n![throughput and TTFT per concurrency](img/bench-runtime-batching.png)")
+    q = rt.get("quantization")
+    if q:
+        out.append(f"\n### Quantization ({q['model']}, {q['parameters'] / 1e6:.0f} M parameters)\n")
+        base = q["footprint"]["bf16"]["bytes"]
+        rows = []
+        for mode, fp in q["footprint"].items():
+            th = q["throughput"].get(mode)
+            rows.append(
+                [
+                    mode,
+                    _f(fp["mib"], 0),
+                    f"{fp['bytes'] / base:.3f}",
+                    _f(th["output_throughput"]) if th else "–",
+                    _f(th["tpot"]["p50_ms"], 0) if th else "–",
+                    _f(q["servers"].get(f"autoglm {mode}", {}).get("rss_mib_ready"), 0),
+                ]
+            )
+        out.append(
+            table(
+                [
+                    "mode",
+                    "weights MiB",
+                    "/ bf16",
+                    f"out tok/s (conc. {q['concurrency']})",
+                    "TPOT p50 ms",
+                    "server RSS MiB",
+                ],
+                rows,
+            )
+        )
+        real = q.get("footprint_smollm2")
+        if real:
+            rb = real["bf16"]["bytes"]
+            out.append(
+                "\nThe same on the real SmolLM2-135M (its tied 28 M-parameter embedding stays 16-bit under "
+                "bitsandbytes, so the ratios are higher): "
+                + ", ".join(f"{m} {fp['mib']:.0f} MiB ({fp['bytes'] / rb:.2f}x)" for m, fp in real.items())
+                + "."
+            )
+        images += plot_quantization(q, img)
+        out.append("\n![footprint and throughput per mode](img/bench-quantization.png)")
+    g = rt.get("gpu")
+    if g is not None:
+        out.append("\n### GPU\n")
+        if g.get("skipped"):
+            out.append(f"Skipped: {g['skipped']}. On a machine with CUDA the same script runs a ~1.2 B random GLM "
+                       "in bf16/int8/nf4 and reports the card, footprints and batch-1 bandwidth utilisation.")  # fmt: skip
+        else:
+            out.append(
+                f"Card: {g['card'].get('name')}, peak bandwidth {g.get('peak_bandwidth_gbps')} GB/s.\n"
+            )
+            rows = []
+            for name, runs in g["runs"].items():
+                rows += [_run_row(name, r) for r in runs]
+            out.append(table(RUN_HEADER, rows))
+            out.append(
+                "\nBatch-1 bandwidth utilisation (weight bytes x tokens/s / peak): "
+                + ", ".join(f"{m} {u:.0%}" for m, u in g.get("bandwidth_utilisation_batch1", {}).items())
+            )
+    return "\n".join(out), images
+
+
+def overhead_section(o: dict[str, Any]) -> str:
+    rows = []
+    for case, servers in o["cases"].items():
+        for name, r in servers.items():
+            rows.append(
+                [case, name, _f(r["e2e"]["p50_ms"], 2), _f(r["e2e"]["p99_ms"], 2), _f(r["ttft"]["p50_ms"], 2)]
+            )
+    return (
+        f"Stub model (returns a fixed token at once), tokenizer of {o['model_tokenizer']}, one request at a time, "
+        f"{o['requests_per_round']} requests x {o['rounds']} rounds (best round kept); the runtime's default batch "
+        f"window is {o['default_batch_window_ms']:g} ms. Client time is included in every number.\n\n"
+        + table(["case", "server", "e2e p50 ms", "e2e p99 ms", "TTFT p50 ms"], rows)
+    )
+
+
+def operator_section(op: dict[str, Any], img: Path) -> tuple[str, list[str]]:
+    w, s, n = op["writes"], op["scale"], op["noop"]
+    out = [f"Children per CR: {', '.join(op['children'])}.\n"]
+    out.append(
+        table(
+            ["event", "writes (client verb resource: count)"],
+            [
+                ["create", ", ".join(f"{k}: {v}" for k, v in w["create"].items())],
+                [
+                    f"3 resyncs, nothing changed (period {w['resync_seconds']:g} s)",
+                    ", ".join(f"{k}: {v}" for k, v in w["resync_3_periods"].items()) or "none",
+                ],
+                ["spec change (quantization)", ", ".join(f"{k}: {v}" for k, v in w["spec_change"].items())],
+            ],  # fmt: skip
+        )
+    )
+    lat = s["latency"]
+    out.append(
+        f"\nCR created → all children present, one CR at a time (n={lat['n']}): p50 **{lat['p50_ms']:.0f} ms**, "
+        f"p99 **{lat['p99_ms']:.0f} ms**.\n"
+    )
+    rows = [
+        [k, _f(v["seconds"]), _f(v["cr_per_s"]), _f(v["cpu_ms_per_cr"]), _f(v["operator_cpu_s"]),
+         _f(v.get("emulator_process_cpu_s")), _f(v["rss_mib_after"], 0)]
+        for k, v in sorted(s["bursts"].items(), key=lambda kv: int(kv[0]))
+    ]  # fmt: skip
+    rows.append(
+        [f"{n['n']} (no-op kopf handler)", _f(n["seconds"]), _f(n["n"] / n["seconds"]), _f(n["cpu_ms_per_cr"]),
+         _f(n["operator_cpu_s"]), "–", "–"]
+    )  # fmt: skip
+    header = ["burst (CRs)", "seconds to all children", "CR/s", "operator CPU ms per CR", "operator CPU s",
+              "emulator + client CPU s", "RSS MiB after"]  # fmt: skip
+    out.append(table(header, rows))
+    soak = s["soak"]
+    rss = [x["rss_mib"] for x in soak["samples"]]
+    out.append(
+        f"\nRSS: idle (1 CR) {s['rss_idle_mib']:.0f} MiB, after the bursts {s['rss_loaded_mib']:.0f} MiB; soak of "
+        f"{soak['seconds']:g} s with {s['managed_crs']} CRs and a {s['resync_seconds']:g} s resync period: "
+        f"{min(rss):.0f}–{max(rss):.0f} MiB, operator CPU {soak['samples'][-1]['cpu_s']:.1f} s."
+    )
+    images = plot_operator(op, img)
+    out.append("\n![burst throughput and RSS over the soak](img/bench-operator.png)")
+    return "\n".join(out), images
+
+
+def targets_section(targets: Sequence[dict[str, Any]]) -> str:
+    rows = []
+    for t in targets:
+        m = t["measured"]
+        shown = (
+            "–"
+            if m is None
+            else (f"{fmt_number(m)} {t['unit']}".strip() if isinstance(m, float) else f"{m} {t['unit']}")
+        )
+        rows.append([f"**{t['status']}**", t["name"], t["target"], shown, t["note"]])
+    return table(["", "target", "goal", "measured", "note"], rows)
+
+
+def render(data: dict[str, Any], docs: Path, notes: Path | None) -> str:
+    img = docs / "img"
+    img.mkdir(parents=True, exist_ok=True)
+    parts = [
+        "# Benchmarks\n",
+        "<!-- Generated by `make bench` (benchmarks/report.py) from bench-results/*.json; edit "
+        "benchmarks/notes.md for the prose, not this file. -->\n",
+    ]
+    run = data.get("run", {})
+    machine = (data.get("runtime") or data.get("operator") or {}).get("machine")
+    parts.append("## How these numbers were made\n")
+    cmds = run.get("commands") or [data[p]["command"] for p in PARTS if p in data and "command" in data[p]]
+    parts.append(
+        "Everything below comes from one `make bench` run"
+        + (f" ({run['started']}, {run['duration_s'] / 60:.1f} min)" if "duration_s" in run else "")
+        + ". Servers that are compared run side by side and are measured in alternation, so a slower "
+        "or faster moment of the machine hits them alike; compare the ratios, not the absolute numbers. "
+        "The commands:\n\n```sh\n" + "\n".join(cmds) + "\n```\n"
+    )
+    if machine:
+        parts.append(machine_section(machine) + "\n")
+    if data["targets"]:
+        parts.append("## Targets\n")
+        parts.append(targets_section(data["targets"]) + "\n")
+    if notes is not None and notes.is_file():
+        parts.append(notes.read_text().strip() + "\n")
+    if "runtime" in data:
+        text, _ = runtime_section(data["runtime"], img)
+        parts.append("## Runtime\n\n" + text + "\n")
+    if "overhead" in data:
+        parts.append("## Server overhead\n\n" + overhead_section(data["overhead"]) + "\n")
+    if "operator" in data:
+        text, _ = operator_section(data["operator"], img)
+        parts.append("## Operator\n\n" + text + "\n")
+    return "\n".join(parts)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    p.add_argument("--results", type=Path, default=REPO / "bench-results")
+    p.add_argument("--docs", type=Path, default=REPO / "docs")
+    p.add_argument("--notes", type=Path, default=REPO / "benchmarks" / "notes.md")
+    args = p.parse_args(argv)
+    data = load(args.results)
+    if not any(part in data for part in PARTS):
+        p.error(f"no results in {args.results}: run `make bench` first")
+    (args.results / "results.json").write_text(json.dumps(data, indent=2, default=str))
+    md = render(data, args.docs, args.notes)
+    (args.docs / "benchmarks.md").write_text(md)
+    for t in data["targets"]:
+        print(t["line"])
+    print(f"wrote {args.docs / 'benchmarks.md'} and {args.docs / 'img'}/bench-*.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
