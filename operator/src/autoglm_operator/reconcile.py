@@ -4,8 +4,9 @@ The rules it keeps:
 
 - Children are written with server-side apply (field manager ``autoglm-operator``, ``force``), so
   fields other managers own (the HPA's replica count, other controllers' annotations) stay theirs.
-- A child whose live ``autoglm.io/applied-hash`` annotation equals the hash of what would be applied
-  is left alone: a resync of an unchanged spec makes no write at all (reads only).
+- A child whose live ``autoglm.io/applied-hash`` annotation equals the hash of what would be applied,
+  and which still holds every field the operator sets, is left alone: a resync of an unchanged spec
+  makes no write at all (reads only), while a child edited behind the operator's back is re-applied.
 - Children the spec no longer wants (HPA when autoscaling is off, PDB disabled, the Deployment when
   the model does not fit) are deleted. Only objects owned by this CR (owner uid) are ever deleted;
   cache PVCs are never pruned (weights are expensive to fetch again), they go with the CR.
@@ -102,6 +103,31 @@ def with_hash(obj: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _contains(live: Any, want: Any) -> bool:
+    """Every field of ``want`` is in ``live`` with the same value (fields only ``live`` has, such as
+    server defaults, are fine; scalars compare as text too, so ``1`` matches the server's ``"1"``)."""
+    if isinstance(want, Mapping):
+        return isinstance(live, Mapping) and all(k in live and _contains(live[k], v) for k, v in want.items())
+    if isinstance(want, list):
+        return isinstance(live, list) and len(live) == len(want) and all(map(_contains, live, want))
+    return bool(live == want or str(live) == str(want))
+
+
+def in_sync(live: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    """No apply needed: the live child carries the applied hash of ``desired`` *and* still holds
+    every field the operator sets. The hash alone misses drift: someone editing a child's fields
+    (``kubectl edit``) leaves the annotation as it was."""
+    annotations = (live.get("metadata") or {}).get("annotations") or {}
+    if annotations.get(HASH_ANNOTATION) != desired["metadata"]["annotations"][HASH_ANNOTATION]:
+        return False
+    body = {k: v for k, v in desired.items() if k not in ("metadata", "status")}
+    meta = desired.get("metadata") or {}
+    return _contains(live, body) and _contains(
+        live.get("metadata") or {},
+        {"labels": meta.get("labels") or {}, "annotations": meta.get("annotations") or {}},
+    )
+
+
 def _ref(obj: Mapping[str, Any]) -> str:
     meta = obj.get("metadata") or {}
     return f"{meta.get('namespace')}/{meta.get('name')}"
@@ -192,11 +218,7 @@ def _reconcile(
             desired = with_hash(obj)
             try:
                 current = kube.get(kind, obj_ns, obj_name)
-                if (
-                    current is not None
-                    and (current["metadata"].get("annotations") or {}).get(HASH_ANNOTATION)
-                    == desired["metadata"]["annotations"][HASH_ANNOTATION]
-                ):
+                if current is not None and in_sync(current, desired):
                     live[(kind.kind, obj_name)] = current
                     continue
                 live[(kind.kind, obj_name)] = kube.apply(desired, field_manager=options.field_manager)
