@@ -50,7 +50,7 @@ from autoglm_operator.kube import KINDS, Kube, load_configuration  # noqa: E402
 from benchmarks.loadgen import percentile  # noqa: E402
 from benchmarks.servers import RunningServer, ServerSpec, free_port  # noqa: E402
 from benchmarks.targets import target  # noqa: E402
-from tests.operator.e2e.emulator import ApiEmulator  # noqa: E402
+from tests.operator.e2e.emulator import ApiEmulator, kubeconfig_yaml, register_resources  # noqa: E402
 from tests.operator.e2e.scenarios import SPEC  # noqa: E402
 
 CHILD_PLURALS = ("configmaps", "services", "deployments", "horizontalpodautoscalers", "poddisruptionbudgets")
@@ -113,12 +113,7 @@ _CHILD_NAMES: list[tuple[str, str]] = []  # (plural, name suffix), learnt from t
 
 
 def write_kubeconfig(url: str) -> None:
-    _KUBECONFIG.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: emulator\n"
-        f"clusters: [{{name: emulator, cluster: {{server: '{url}'}}}}]\n"
-        "users: [{name: bench, user: {token: dummy-token}}]\n"
-        "contexts: [{name: emulator, context: {cluster: emulator, user: bench, namespace: default}}]\n"
-    )
+    _KUBECONFIG.write_text(kubeconfig_yaml(url))
 
 
 def cr_body(name: str, namespace: str, spec: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -408,16 +403,7 @@ async def scenario_noop(b: Bench, n: int) -> dict[str, Any]:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     log_dir = args.out.parent / "logs"
     async with TimedEmulator() as emu, kmock.Server(emu) as server:
-        emu.resources.load_bundled()
-        emu.resources[f"{api.GROUP}/{api.VERSION}/{api.PLURAL}"] = kmock.ResourceInfo(
-            kind=api.KIND,
-            singular=api.SINGULAR,
-            namespaced=True,
-            shortnames=set(api.SHORT_NAMES),
-            categories=set(api.CATEGORIES),
-            verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
-            subresources={"status", "scale"},
-        )
+        register_resources(emu)
         write_kubeconfig(str(server.url).rstrip("/"))
         b = Bench(emu, log_dir, dict(kv.split("=", 1) for kv in args.operator_env))
         try:

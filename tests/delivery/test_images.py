@@ -70,7 +70,7 @@ async def test_operator_image_reconciles_against_an_api_server(tmp_path) -> None
     import yaml
 
     from autoglm_operator import api
-    from tests.operator.e2e.emulator import ApiEmulator
+    from tests.operator.e2e.emulator import ApiEmulator, kubeconfig_yaml, register_resources
 
     image = "localhost/autoglm-operator:" + importlib.metadata.version("autoglm")
     if subprocess.run(_podman("image", "exists", image), check=False).returncode != 0:
@@ -104,22 +104,9 @@ async def test_operator_image_reconciles_against_an_api_server(tmp_path) -> None
         pytest.fail(f"{what} did not happen; operator log:\n{logs.stdout[-3000:]}{logs.stderr[-3000:]}")
 
     async with ApiEmulator() as emu, kmock.Server(emu) as server:
-        emu.resources.load_bundled()
-        emu.resources[f"{api.GROUP}/{api.VERSION}/{api.PLURAL}"] = kmock.ResourceInfo(
-            kind=api.KIND,
-            singular=api.SINGULAR,
-            namespaced=True,
-            shortnames=set(api.SHORT_NAMES),
-            categories=set(api.CATEGORIES),
-            verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
-            subresources={"status", "scale"},
-        )
+        register_resources(emu)
         kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(
-            "apiVersion: v1\nkind: Config\ncurrent-context: e\n"
-            f"clusters: [{{name: e, cluster: {{server: '{str(server.url).rstrip('/')}'}}}}]\n"
-            "users: [{name: u, user: {token: dummy}}]\ncontexts: [{name: e, context: {cluster: e, user: u}}]\n"
-        )
+        kubeconfig.write_text(kubeconfig_yaml(server.url))
         kubeconfig.chmod(0o644)
         run = _podman(
             "run", "-d", "--name", name, "--network", "host", "--read-only", "--tmpfs", "/tmp",

@@ -17,9 +17,9 @@ from typing import Any
 import kmock
 import pytest
 
-from autoglm_operator import api
 from autoglm_operator.kube import Kube, load_configuration
 from tests.operator.e2e.conftest import write_kubeconfig
+from tests.operator.e2e.emulator import register_resources
 from tests.operator.e2e.harness import Harness
 
 from . import summary
@@ -48,16 +48,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 async def chaos_emulator() -> AsyncIterator[ChaosEmulator]:
     """The e2e emulator plus fault injection, a request log and a blackout switch (see chaos.py)."""
     async with ChaosEmulator() as emu, kmock.Server(emu) as server:
-        emu.resources.load_bundled()
-        emu.resources[f"{api.GROUP}/{api.VERSION}/{api.PLURAL}"] = kmock.ResourceInfo(
-            kind=api.KIND,
-            singular=api.SINGULAR,
-            namespaced=True,
-            shortnames=set(api.SHORT_NAMES),
-            categories=set(api.CATEGORIES),
-            verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
-            subresources={"status", "scale"},
-        )
+        register_resources(emu)
         write_kubeconfig(str(server.url).rstrip("/"))
         yield emu
 

@@ -23,35 +23,20 @@ if not CLUSTER:
 
 import kmock  # noqa: E402
 
-from autoglm_operator import api  # noqa: E402
 from autoglm_operator.kube import Kube, load_configuration  # noqa: E402
 
-from .emulator import ApiEmulator  # noqa: E402
+from .emulator import ApiEmulator, kubeconfig_yaml, register_resources  # noqa: E402
 from .harness import Harness  # noqa: E402
 
 
 def write_kubeconfig(url: str) -> None:
-    _KUBECONFIG.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: emulator\n"
-        f"clusters: [{{name: emulator, cluster: {{server: '{url}'}}}}]\n"
-        "users: [{name: test, user: {token: dummy-token}}]\n"
-        "contexts: [{name: emulator, context: {cluster: emulator, user: test, namespace: default}}]\n"
-    )
+    _KUBECONFIG.write_text(kubeconfig_yaml(url))
 
 
 @pytest.fixture
 async def emulator() -> AsyncIterator[ApiEmulator]:
     async with ApiEmulator() as emu, kmock.Server(emu) as server:
-        emu.resources.load_bundled()
-        emu.resources[f"{api.GROUP}/{api.VERSION}/{api.PLURAL}"] = kmock.ResourceInfo(
-            kind=api.KIND,
-            singular=api.SINGULAR,
-            namespaced=True,
-            shortnames=set(api.SHORT_NAMES),
-            categories=set(api.CATEGORIES),
-            verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
-            subresources={"status", "scale"},
-        )
+        register_resources(emu)
         write_kubeconfig(str(server.url).rstrip("/"))
         yield emu
 

@@ -441,3 +441,30 @@ class ApiEmulator(kmock.KubernetesEmulator):
 
     def writes_by(self, client: str) -> dict[tuple[str, str], int]:
         return {(verb, target): n for (who, verb, target), n in self.writes.items() if who == client and n}
+
+
+def register_resources(emu: kmock.KubernetesEmulator) -> None:
+    """Built-in discovery plus the AutoGLMDeployment CRD (without it kopf idles silently)."""
+    from autoglm_operator import api
+
+    emu.resources.load_bundled()
+    emu.resources[f"{api.GROUP}/{api.VERSION}/{api.PLURAL}"] = kmock.ResourceInfo(
+        kind=api.KIND,
+        singular=api.SINGULAR,
+        namespaced=True,
+        shortnames=set(api.SHORT_NAMES),
+        categories=set(api.CATEGORIES),
+        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+        subresources={"status", "scale"},
+    )
+
+
+def kubeconfig_yaml(url: str) -> str:
+    """A kubeconfig naming the emulator at ``url`` with a dummy token."""
+    url = str(url).rstrip("/")
+    return (
+        "apiVersion: v1\nkind: Config\ncurrent-context: emulator\n"
+        f"clusters: [{{name: emulator, cluster: {{server: '{url}'}}}}]\n"
+        "users: [{name: test, user: {token: dummy-token}}]\n"
+        "contexts: [{name: emulator, context: {cluster: emulator, user: test, namespace: default}}]\n"
+    )
