@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import random
-import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -217,10 +216,3 @@ async def wait_converged(h: Any, *, timeout: float = 60.0, served: set[str] | No
         if not diff or loop.time() > deadline:
             return diff
         await asyncio.sleep(0.2)
-
-
-async def start(h: Any, **kwargs: Any) -> None:
-    """Start (or restart) the harness's operator. The harness keeps one stop flag that
-    ``stop_operator`` sets for good; a restart needs a fresh one, or the new operator stops at once."""
-    h._stop = threading.Event()
-    await h.start_operator(**kwargs)

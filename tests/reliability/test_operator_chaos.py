@@ -19,7 +19,7 @@ from autoglm_operator.kube import KINDS
 from tests.operator.e2e.harness import Harness, reconciles
 
 from . import summary
-from .chaos import ChaosEmulator, differences, start, wait_converged
+from .chaos import ChaosEmulator, differences, wait_converged
 from .specs import CHANGES, random_spec
 
 SEED = 20250601
@@ -42,7 +42,7 @@ async def test_kill_mid_reconcile_converges(chaos: Harness) -> None:
     kills = 0
     for _ in range(runs):
         emu.kill_after(rng.randint(0, 3 * len(names)))
-        await start(chaos, resync_seconds=30)
+        await chaos.start_operator(resync_seconds=30)
         # Let it work until the kill lands (or it finished everything it had to do).
         deadline = time.monotonic() + 10
         while not emu.blackout and differences(emu, chaos.namespace) and time.monotonic() < deadline:
@@ -53,7 +53,7 @@ async def test_kill_mid_reconcile_converges(chaos: Harness) -> None:
         # While it is down, users keep changing things.
         for name in rng.sample(names, k=min(2, len(names))):
             await chaos.patch_spec(name, rng.choice(CHANGES))
-    await start(chaos, resync_seconds=30)
+    await chaos.start_operator(resync_seconds=30)
     diff = await wait_converged(chaos, timeout=60)
     summary.record(
         "operator chaos",
@@ -76,7 +76,7 @@ async def test_api_faults_converge_with_bounded_retries(chaos: Harness) -> None:
     emu.fault_rate = 0.06
     retries_before = reconciles("retrying")
     names = await _create_many(chaos, rng, summary.scale(6, 25))
-    await start(chaos, resync_seconds=2)
+    await chaos.start_operator(resync_seconds=2)
     rounds = summary.scale(2, 6)
     for _ in range(rounds):
         for name in rng.sample(names, k=max(1, len(names) // 3)):
@@ -105,7 +105,7 @@ async def test_child_drift_and_deletion_are_repaired(chaos: Harness) -> None:
     for i in range(3):
         await chaos.create_cr(f"d-{i}", random_spec(random.Random(i)) | {"quantization": "int8"})
     resync = 1.0
-    await start(chaos, resync_seconds=resync)
+    await chaos.start_operator(resync_seconds=resync)
     assert await wait_converged(chaos, timeout=30) == []
     cases = summary.scale(6, 40)
     unrepaired = []
@@ -152,7 +152,7 @@ async def test_many_crs_with_interleaved_updates_and_deletes(chaos: Harness) -> 
     emu: ChaosEmulator = chaos.emulator
     rng = random.Random(SEED + 4)
     n = summary.scale(50, 300)
-    await start(chaos, resync_seconds=600)
+    await chaos.start_operator(resync_seconds=600)
     started = time.monotonic()
     names: list[str] = []
     updates = deletes = 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, StrictBool, model_validator
 from pydantic.alias_generators import to_camel
 
 from autoglm_runtime.settings import ComputeDtype
@@ -123,7 +123,7 @@ class ModelShape(ApiModel):
     head_dim: int | None = Field(None, ge=1, description="Dimension of one attention head.")
     hidden_size: int | None = Field(None, ge=1, description="Hidden size.")
     vocab_size: int | None = Field(None, ge=1, description="Vocabulary size (embeddings stay 16-bit when quantized).")
-    tie_word_embeddings: bool | None = Field(None, description="Whether lm_head shares the input embeddings.")
+    tie_word_embeddings: StrictBool | None = Field(None, description="Whether lm_head shares the input embeddings.")
 
 
 class ModelSpec(ApiModel):
@@ -148,7 +148,7 @@ class ModelSpec(ApiModel):
         max_length=253,
         description="Secret in the same namespace holding the hub token under key `token` (gated/private models).",
     )
-    trust_remote_code: bool = Field(False, description="Allow the model repository's own Python code to run.")
+    trust_remote_code: StrictBool = Field(False, description="Allow the model repository's own Python code to run.")
     served_model_name: str | None = Field(
         None, max_length=256, description="Model name clients pass in requests; default: the repository name."
     )
@@ -176,7 +176,7 @@ class QuantizationMode(StrEnum):
 class QuantizationOptions(ApiModel):
     """4-bit (nf4/fp4) options passed to bitsandbytes."""
 
-    double_quant: bool = Field(True, description="Quantize the quantization constants too (saves ~0.4 bit/param).")
+    double_quant: StrictBool = Field(True, description="Quantize the quantization constants too (saves ~0.4 bit/param).")
     compute_dtype: ComputeDtype = Field(ComputeDtype.BF16, description="Dtype 4-bit matmuls compute in.")
 
 
@@ -250,7 +250,7 @@ class MemorySpec(ApiModel):
     headroom_percent: int = Field(
         10, ge=0, le=50, description="Extra margin the fit check keeps free within the GPU budget."
     )
-    skip_fit_check: bool = Field(
+    skip_fit_check: StrictBool = Field(
         False, description="Create pods even when the estimate says the model does not fit (they may OOM)."
     )
 
@@ -343,7 +343,7 @@ class AutoscalingSpec(ApiModel):
         )
     )
 
-    enabled: bool = Field(True, description="Create an HPA; false keeps the block but scales by spec.replicas.")
+    enabled: StrictBool = Field(True, description="Create an HPA; false keeps the block but scales by spec.replicas.")
     min_replicas: int = Field(1, ge=1, le=1000, description="Fewest replicas.")
     max_replicas: int = Field(4, ge=1, le=1000, description="Most replicas.")
     metric: AutoscalingMetric = Field(
@@ -420,7 +420,7 @@ class PodDisruptionBudgetSpec(ApiModel):
         )
     )
 
-    enabled: bool = Field(True, description="Create a PDB.")
+    enabled: StrictBool = Field(True, description="Create a PDB.")
     min_available: int | None = Field(None, ge=0, description="Pods that must stay up.")
     max_unavailable: int | None = Field(None, ge=0, description="Pods that may be down; default 1.")
 
@@ -428,7 +428,7 @@ class PodDisruptionBudgetSpec(ApiModel):
 class MonitoringSpec(ApiModel):
     """Prometheus scraping."""
 
-    service_monitor: bool = Field(False, description="Create a monitoring.coreos.com/v1 ServiceMonitor.")
+    service_monitor: StrictBool = Field(False, description="Create a monitoring.coreos.com/v1 ServiceMonitor.")
     interval: str = Field("30s", pattern=r"^[0-9]+(ms|s|m|h)$", description="Scrape interval.")
     labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on the ServiceMonitor.")
 
@@ -510,7 +510,7 @@ class MemoryEstimateStatus(ApiModel):
     overhead_gib: float = Field(..., description="CUDA context, activations, fragmentation.")
     total_gib: float = Field(..., description="Per-replica total.")
     budget_gib: float = Field(..., description="GPU budget per replica (memory × count × gpuMemoryPercent).")
-    fits: bool = Field(..., description="total <= budget minus headroom.")
+    fits: StrictBool = Field(..., description="total <= budget minus headroom.")
 
 
 class AutoGLMDeploymentStatus(ApiModel):

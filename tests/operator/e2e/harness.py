@@ -86,6 +86,9 @@ class Harness:
             ]
         )
         ready = threading.Event()
+        # A fresh stop flag: stop_operator() sets the old one for good, and a restarted operator
+        # handed a set flag would stop at once.
+        self._stop = threading.Event()
         hooks = run_cmd.Hooks(stop_flag=self._stop, ready_flag=ready, tune=fast_kopf, configure_logging=False)
         self._thread = threading.Thread(target=run_cmd.run, args=(args, hooks), name="operator", daemon=True)
         self._thread.start()

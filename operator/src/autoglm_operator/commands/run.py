@@ -7,6 +7,7 @@ Every flag also reads ``AUTOGLM_OPERATOR_<FLAG>`` (e.g. ``AUTOGLM_OPERATOR_METRI
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import threading
@@ -196,5 +197,43 @@ def run(args: argparse.Namespace, hooks: Hooks | None = None) -> int:
     logging.getLogger("autoglm_operator").info(f"Starting autoglm-operator: watching {scope}, {mode}")
     if hooks.stop_flag is None and threading.current_thread() is not threading.main_thread():
         raise RuntimeError("run() outside the main thread needs a stop_flag")
-    kopf.run(**kwargs)
+    stop_requested = threading.Event()
+    try:
+        with asyncio.Runner(loop_factory=lambda: _signal_observing_loop(stop_requested)) as runner:
+            runner.run(kopf.operator(**kwargs))
+    except asyncio.CancelledError:
+        pass  # what kopf.run() ignores too
+    except TimeoutError:
+        # kopf's shutdown re-raises a timeout of a request that was in flight when the stop came
+        # (e.g. a slow API server): after SIGTERM or the stop flag that is a clean stop, not a crash.
+        if not (stop_requested.is_set() or _is_set(hooks.stop_flag)):
+            raise
+        logging.getLogger("autoglm_operator").warning(
+            "Stopped; a Kubernetes API request still in flight at shutdown timed out"
+        )
     return 0
+
+
+def _signal_observing_loop(seen: threading.Event) -> asyncio.AbstractEventLoop:
+    """A new event loop that notes when a signal handler kopf installs (SIGTERM, SIGINT) fires."""
+    loop = asyncio.new_event_loop()
+    add_signal_handler = loop.add_signal_handler
+
+    def observed(sig: int, callback: Callable[..., object], *args: Any) -> None:
+        def handler(*a: Any) -> None:
+            seen.set()
+            callback(*a)
+
+        add_signal_handler(sig, handler, *args)
+
+    loop.add_signal_handler = observed  # type: ignore[method-assign,assignment]
+    return loop
+
+
+def _is_set(flag: Any) -> bool:
+    """Whether a kopf stop flag (threading/asyncio Event or Future) has been raised."""
+    if flag is None:
+        return False
+    if hasattr(flag, "is_set"):
+        return bool(flag.is_set())
+    return bool(flag.done())
