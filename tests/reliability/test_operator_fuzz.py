@@ -25,7 +25,7 @@ from tests.operator.render_helpers import validate_object as validate_k8s
 from tests.operator.test_render_fuzz import crs
 
 from . import summary
-from .chaos import desired_of, start, wait_converged
+from .chaos import desired_of, wait_converged
 from .mutations import KINDS, Mutation, mutated
 from .podsecurity import restricted_problems
 from .sampling import sample
@@ -187,7 +187,7 @@ async def test_fuzzed_crs_through_the_running_operator(chaos: Harness) -> None:
     rng = random.Random(9)
     bodies = valid + invalid
     rng.shuffle(bodies)
-    await start(chaos, resync_seconds=30)
+    await chaos.start_operator(resync_seconds=30)
     outcomes: collections.Counter[str] = collections.Counter()
     for i, obj in enumerate(bodies):
         await chaos.create_cr(f"fz-{i}", obj["spec"])

@@ -22,7 +22,7 @@ from tests.operator.render_helpers import OPERATOR_VERSION
 from tests.operator.test_render_fuzz import crs
 
 from . import summary
-from .chaos import start, wait_converged
+from .chaos import wait_converged
 from .podsecurity import restricted_problems
 
 HELM = REPO / ".venv" / "bin" / "helm"
@@ -191,7 +191,7 @@ async def test_no_secret_value_leaks_and_secrets_are_never_read(chaos: Harness) 
             "resources": {"gpu": {"count": 1, "product": "L4"}},
             "serving": {"apiKeySecret": {"name": "api-keys", "key": "keys"}, "tlsSecret": "tls"},
         }
-        await start(chaos, resync_seconds=0.5)
+        await chaos.start_operator(resync_seconds=0.5)
         await chaos.create_cr("secure", spec)
         await chaos.create_cr("broken", {**spec, "autoscaling": {"minReplicas": 3, "maxReplicas": 1}})
         assert await wait_converged(chaos, timeout=30) == []
