@@ -38,6 +38,21 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+# flag, type, default, help (each also from env AUTOGLM_FETCH_<FLAG>)
+_NETWORK_TUNING: list[tuple[str, type, float, str]] = [
+    ("workers", int, 4, "files downloaded in parallel"),
+    ("connect-timeout", float, 10.0, "seconds"),
+    ("read-timeout", float, 60.0, "seconds without a byte"),
+    ("max-attempts", int, 8, "consecutive failed attempts (without progress) before giving up on a request"),
+    ("backoff-initial", float, 1.0, "seconds"),
+    ("backoff-max", float, 60.0, "seconds"),
+    ("max-retry-after", float, 300.0, "cap on a server's Retry-After, seconds"),
+    ("checksum-attempts", int, 3, "downloads of one file that fail verification before exit code 5"),
+    ("lock-timeout", float, 0.0, "seconds to wait for another fetch of the same revision; 0 = as long as it runs"),
+]
+
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     pos_float, pos_int = _positive(float), _positive(int)
     src = parser.add_argument_group("what to fetch")
@@ -106,48 +121,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--output-file", help="also write the local folder path to this file")
 
     net = parser.add_argument_group("network tuning (env AUTOGLM_FETCH_<FLAG>)")
-    net.add_argument(
-        "--workers", type=pos_int, default=_env("workers", 4, int), help="files downloaded in parallel"
-    )
-    net.add_argument(
-        "--connect-timeout", type=pos_float, default=_env("connect-timeout", 10.0, float), help="seconds"
-    )
-    net.add_argument(
-        "--read-timeout",
-        type=pos_float,
-        default=_env("read-timeout", 60.0, float),
-        help="seconds without a byte",
-    )
-    net.add_argument(
-        "--max-attempts",
-        type=pos_int,
-        default=_env("max-attempts", 8, int),
-        help="consecutive failed attempts (without progress) before giving up on a request",
-    )
-    net.add_argument(
-        "--backoff-initial", type=pos_float, default=_env("backoff-initial", 1.0, float), help="seconds"
-    )
-    net.add_argument(
-        "--backoff-max", type=pos_float, default=_env("backoff-max", 60.0, float), help="seconds"
-    )
-    net.add_argument(
-        "--max-retry-after",
-        type=pos_float,
-        default=_env("max-retry-after", 300.0, float),
-        help="cap on a server's Retry-After, seconds",
-    )
-    net.add_argument(
-        "--checksum-attempts",
-        type=pos_int,
-        default=_env("checksum-attempts", 3, int),
-        help="downloads of one file that fail verification before exit code 5",
-    )
-    net.add_argument(
-        "--lock-timeout",
-        type=pos_float,
-        default=_env("lock-timeout", 0.0, float),
-        help="seconds to wait for another fetch of the same revision; 0 = as long as it runs",
-    )
+    for flag, kind, default, help_text in _NETWORK_TUNING:
+        checker = pos_int if kind is int else pos_float
+        net.add_argument(f"--{flag}", type=checker, default=_env(flag, default, kind), help=help_text)
 
     out = parser.add_argument_group("logging")
     out.add_argument(
