@@ -17,27 +17,9 @@ from accelerate.utils import CustomDtype, compute_module_sizes  # noqa: E402
 
 from autoglm_operator.memory import Workload, estimate, lookup_model, shape_from_config, weights_bytes  # noqa: E402
 from autoglm_operator.memory.types import GIB  # noqa: E402
+from tests.operator.reference_configs import GLM4_9B, SMOLLM2_135M  # noqa: E402
 
-GLM_9B = {
-    "hidden_size": 4096,
-    "num_hidden_layers": 40,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 2,
-    "head_dim": 128,
-    "intermediate_size": 13696,
-    "vocab_size": 151552,
-    "attention_bias": True,
-    "tie_word_embeddings": False,
-}
-SMOLLM2_135M = {
-    "hidden_size": 576,
-    "num_hidden_layers": 30,
-    "num_attention_heads": 9,
-    "num_key_value_heads": 3,
-    "intermediate_size": 1536,
-    "vocab_size": 49152,
-    "tie_word_embeddings": True,
-}
+GLM_9B = GLM4_9B
 
 
 def empty_model(model_type: str, config: dict):

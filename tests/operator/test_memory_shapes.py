@@ -6,19 +6,9 @@ import pytest
 
 from autoglm_operator.memory import MemoryFitError, lookup_model, repo_id, shape_from_config
 from autoglm_operator.memory.catalog import catalog_config
+from tests.operator.reference_configs import GLM4_9B
 
-GLM_HF = {
-    "model_type": "glm",
-    "hidden_size": 4096,
-    "num_hidden_layers": 40,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 2,
-    "head_dim": 128,
-    "intermediate_size": 13696,
-    "vocab_size": 151552,
-    "attention_bias": True,
-    "tie_word_embeddings": False,
-}
+GLM_HF = {"model_type": "glm", **GLM4_9B}
 
 
 def test_glm4_9b_chat_from_catalog_has_9_40b_parameters_and_gqa_kv_shape():
