@@ -18,12 +18,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from autoglm_runtime.filewatch import file_identity
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +74,6 @@ def _entries(keys: list[str]) -> tuple[_Entry, ...]:
     return tuple(_Entry(hashlib.sha256(k.encode()).digest(), key_id(k)) for k in keys)
 
 
-def _file_identity(path: Path) -> tuple[int, int, int, int]:
-    st = os.stat(path)  # follows the Secret's ..data symlink
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
 class ApiKeys:
     """The configured keys of one runtime; :meth:`verify` is safe to call from any thread.
 
@@ -93,7 +89,7 @@ class ApiKeys:
         self._clock = clock
         self._lock = threading.Lock()
         try:
-            identity = _file_identity(self.path)
+            identity = file_identity(self.path)
             text = self.path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ApiKeysError(
@@ -136,7 +132,7 @@ class ApiKeys:
                 return False
             self._next_check = now + self.check_interval_s
             try:
-                identity = _file_identity(self.path)
+                identity = file_identity(self.path)
                 if identity == self._identity and not force:
                     return False
                 text = self.path.read_text(encoding="utf-8")

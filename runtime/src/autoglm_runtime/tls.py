@@ -28,6 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from autoglm_runtime.filewatch import file_identity
+
 log = logging.getLogger(__name__)
 
 # ECDHE key exchange with AEAD ciphers only, for TLS 1.2 (TLS 1.3 suites are fixed by OpenSSL and all
@@ -86,14 +88,6 @@ def build_server_context(
     return ctx
 
 
-def _identity(paths: list[Path]) -> tuple[tuple[int, int, int, int], ...]:
-    out = []
-    for p in paths:
-        st = os.stat(p)
-        out.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
-    return tuple(out)
-
-
 class ReloadingTLS:
     """Owns the server's TLS context and swaps in a new one when the files change (see module doc)."""
 
@@ -113,7 +107,7 @@ class ReloadingTLS:
         self._clock = clock
         self._lock = threading.Lock()
         self._current = build_server_context(self.cert_file, self.key_file, self.client_ca_file)
-        self._identity = _identity(self._paths())
+        self._identity = file_identity(*self._paths())
         self._next_check = clock() + check_interval_s
         self.reloads = 0
         # The front context is what the listening socket holds; it must demand client certificates
@@ -136,7 +130,7 @@ class ReloadingTLS:
                 return False
             self._next_check = now + self.check_interval_s
             try:
-                identity = _identity(self._paths())
+                identity = file_identity(*self._paths())
             except OSError as exc:
                 log.warning("TLS files not readable (%s); keeping the current certificate", exc.strerror)
                 return False
