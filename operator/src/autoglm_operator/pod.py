@@ -193,42 +193,26 @@ def volumes(
         {"name": "models", "mountPath": MODELS_DIR, "readOnly": True},
         {"name": "tmp", "mountPath": TMP_DIR},
     ]
+    def mount_secret(volume: str, secret: str, items: dict[str, str], directory: str) -> None:
+        """A Secret's keys as read-only files (``items``: key -> file name) under ``directory``."""
+        volumes.append(
+            {
+                "name": volume,
+                "secret": {
+                    "secretName": secret,
+                    "items": [{"key": k, "path": path} for k, path in items.items()],
+                    "defaultMode": 0o440,
+                },
+            }
+        )
+        mounts.append({"name": volume, "mountPath": directory, "readOnly": True})
+
     if s.api_key_secret:
-        volumes.append(
-            {
-                "name": "api-keys",
-                "secret": {
-                    "secretName": s.api_key_secret.name,
-                    "items": [{"key": s.api_key_secret.key, "path": API_KEYS_FILE}],
-                    "defaultMode": 0o440,
-                },
-            }
-        )
-        mounts.append({"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True})
+        mount_secret("api-keys", s.api_key_secret.name, {s.api_key_secret.key: API_KEYS_FILE}, API_KEYS_DIR)
     if s.tls_secret:
-        volumes.append(
-            {
-                "name": "tls",
-                "secret": {
-                    "secretName": s.tls_secret,
-                    "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}],
-                    "defaultMode": 0o440,
-                },
-            }
-        )
-        mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
+        mount_secret("tls", s.tls_secret, {"tls.crt": "tls.crt", "tls.key": "tls.key"}, TLS_DIR)
     if s.client_ca_secret:
-        volumes.append(
-            {
-                "name": "client-ca",
-                "secret": {
-                    "secretName": s.client_ca_secret.name,
-                    "items": [{"key": s.client_ca_secret.key, "path": CLIENT_CA_FILE}],
-                    "defaultMode": 0o440,
-                },
-            }
-        )
-        mounts.append({"name": "client-ca", "mountPath": CLIENT_CA_DIR, "readOnly": True})
+        mount_secret("client-ca", s.client_ca_secret.name, {s.client_ca_secret.key: CLIENT_CA_FILE}, CLIENT_CA_DIR)
     return volumes, mounts
 
 
