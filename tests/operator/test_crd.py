@@ -11,6 +11,7 @@ import yaml
 
 from autoglm_operator import api
 from autoglm_operator.crd import crd, crd_yaml
+from autoglm_operator.crd_bounds import unboundable_constructs, unbounded_nodes
 from tests.conftest import REPO
 
 CRD_FILE = REPO / "crds" / "autoglm.io_autoglmdeployments.yaml"
@@ -100,6 +101,100 @@ def test_cel_rules_compile_and_cover_the_required_constraints():
     assert "self.replicas >= self.autoscaling.minReplicas" in text
     assert "quantizationOptions" in text
     assert "self.headroomPercent < self.gpuMemoryPercent" in text
+
+
+def test_every_string_list_and_map_is_bounded():
+    """A real API server estimates CEL cost from these bounds; without them it refuses the CRD."""
+    assert unbounded_nodes(schema()) == []
+    opaque = [p for p, n in _nodes(schema()) if n.get("x-kubernetes-preserve-unknown-fields")]
+    assert opaque == [".spec.scheduling.affinity"], "a new opaque node needs a reason in docs/operator.md"
+
+
+def test_every_crd_the_chart_installs_is_bounded():
+    """The chart's copies, kopf's peering CRDs included (their status is opaque and has no rules)."""
+    docs = [
+        doc
+        for path in sorted((REPO / "charts" / "autoglm-operator" / "crds").glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc and doc.get("kind") == "CustomResourceDefinition"
+    ]
+    assert {d["metadata"]["name"] for d in docs} >= {
+        "autoglmdeployments.autoglm.io",
+        "clusterkopfpeerings.kopf.dev",
+        "kopfpeerings.kopf.dev",
+    }
+    for doc in docs:
+        for version in doc["spec"]["versions"]:
+            root = version["schema"]["openAPIV3Schema"]
+            assert unbounded_nodes(root) == [], doc["metadata"]["name"]
+            assert unboundable_constructs(root) == [], doc["metadata"]["name"]
+
+
+def test_the_bounds_check_finds_what_is_missing():
+    bad = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "tags": {"type": "array", "maxItems": 4, "items": {"type": "string"}},
+            "labels": {"type": "object", "additionalProperties": {"type": "string", "maxLength": 63}},
+            "mode": {"type": "string", "enum": ["a", "b"]},
+            "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+        },
+    }
+    assert unbounded_nodes(bad) == [
+        ".name: string without maxLength",
+        ".tags[]: string without maxLength",
+        ".labels: map without maxProperties",
+    ]
+
+
+def test_rules_use_only_constructs_the_api_server_can_bound():
+    assert unboundable_constructs(schema()) == []
+
+
+@pytest.mark.parametrize(
+    ("rule", "message_expression", "expected"),
+    [
+        # The three rules a v1.36 API server refused ("messageExpression cost exceeds budget").
+        ("self.a <= self.b", "'must be <= b (' + string(self.b) + ')'", "string() has no size bound"),
+        (
+            "self.a <= self.b",
+            "'at most ' + self.free",
+            "string concatenation with an operand of unknown size",
+        ),
+        ("self.items.all(i, i.matches('^x'))", None, ".all() on self.items, which has no"),
+        ("self.name.matches('^a')", None, ".matches() on self.name, which has no"),
+        ("size(self.name) < 10", None, "size() on self.name, which has no"),
+        ("has(self.aff.x)", None, "reads into a preserve-unknown-fields node"),
+        ("self.missing == 1", None, None),  # unknown fields are the API server's own error, not cost
+        ("self.bounded.startsWith('a') && self.a + 1 > size(self.bounded)", "'bad: ' + self.bounded", None),
+    ],
+)
+def test_the_construct_check_refuses_unboundable_rules(rule, message_expression, expected):
+    node = {
+        "type": "object",
+        "properties": {
+            "a": {"type": "integer"},
+            "b": {"type": "integer"},
+            "name": {"type": "string"},
+            "free": {"type": "string"},
+            "bounded": {"type": "string", "maxLength": 8},
+            "items": {"type": "array", "items": {"type": "string"}},
+            "aff": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+        },
+        "x-kubernetes-validations": [
+            {
+                "rule": rule,
+                "message": "m",
+                **({"messageExpression": message_expression} if message_expression else {}),
+            }
+        ],
+    }
+    problems = unboundable_constructs(node)
+    if expected is None:
+        assert problems == []
+    else:
+        assert any(expected in p for p in problems), problems
 
 
 def test_crd_yaml_round_trips():

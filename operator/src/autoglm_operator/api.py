@@ -9,7 +9,7 @@ expressions (with cel-python) when it parses a spec, so both say the same thing.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, StrictBool, model_validator
 from pydantic.alias_generators import to_camel
@@ -28,6 +28,14 @@ CATEGORIES = ["autoglm"]
 REVISION_PATTERN = r"^[A-Za-z0-9._][A-Za-z0-9._/-]*$"
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+# Bounds the API server's CEL cost estimator needs (every string, list and map has one; a test checks).
+QUANTITY_MAX = 64  # resource.Quantity strings: "40Gi", "1500m"
+NAME_MAX = 253  # DNS subdomain names (objects, PriorityClass, RuntimeClass, StorageClass)
+QUALIFIED_NAME_MAX = 317  # prefix (253) + "/" + name (63): label keys, taint keys, extended resources
+LABEL_VALUE_MAX = 63
+LabelValue = Annotated[str, Field(max_length=LABEL_VALUE_MAX)]
+ObjectName = Annotated[str, Field(max_length=NAME_MAX, pattern=DNS_LABEL_PATTERN)]
 SOURCE_PATTERN = (
     r"^(hf://[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"
     r"|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^\s]*)?"
@@ -101,14 +109,23 @@ class ModelCache(ApiModel):
     )
 
     claim_name: str | None = Field(
-        None, max_length=253, pattern=DNS_LABEL_PATTERN, description="Existing PersistentVolumeClaim to cache weights in."
+        None,
+        max_length=253,
+        pattern=DNS_LABEL_PATTERN,
+        description="Existing PersistentVolumeClaim to cache weights in.",
     )
     size: str | None = Field(
-        None, pattern=QUANTITY_PATTERN, description="Size of a cache PVC the operator creates, e.g. 40Gi."
+        None,
+        pattern=QUANTITY_PATTERN,
+        max_length=QUANTITY_MAX,
+        description="Size of a cache PVC the operator creates, e.g. 40Gi.",
     )
-    storage_class_name: str | None = Field(None, description="Storage class of the created PVC.")
+    storage_class_name: str | None = Field(
+        None, max_length=NAME_MAX, description="Storage class of the created PVC."
+    )
     access_mode: str = Field(
         "ReadWriteOnce",
+        max_length=16,
         pattern="^(ReadWriteOnce|ReadWriteMany|ReadWriteOncePod)$",
         description="Access mode of the created PVC; ReadWriteMany lets replicas on several nodes share it.",
     )
@@ -122,8 +139,12 @@ class ModelShape(ApiModel):
     num_kv_heads: int | None = Field(None, ge=1, description="Key/value heads (num_key_value_heads).")
     head_dim: int | None = Field(None, ge=1, description="Dimension of one attention head.")
     hidden_size: int | None = Field(None, ge=1, description="Hidden size.")
-    vocab_size: int | None = Field(None, ge=1, description="Vocabulary size (embeddings stay 16-bit when quantized).")
-    tie_word_embeddings: StrictBool | None = Field(None, description="Whether lm_head shares the input embeddings.")
+    vocab_size: int | None = Field(
+        None, ge=1, description="Vocabulary size (embeddings stay 16-bit when quantized)."
+    )
+    tie_word_embeddings: StrictBool | None = Field(
+        None, description="Whether lm_head shares the input embeddings."
+    )
 
 
 class ModelSpec(ApiModel):
@@ -148,12 +169,18 @@ class ModelSpec(ApiModel):
         max_length=253,
         description="Secret in the same namespace holding the hub token under key `token` (gated/private models).",
     )
-    trust_remote_code: StrictBool = Field(False, description="Allow the model repository's own Python code to run.")
+    trust_remote_code: StrictBool = Field(
+        False, description="Allow the model repository's own Python code to run."
+    )
     served_model_name: str | None = Field(
         None, max_length=256, description="Model name clients pass in requests; default: the repository name."
     )
-    cache: ModelCache | None = Field(None, description="Persistent weights cache; default: an emptyDir per pod.")
-    shape: ModelShape | None = Field(None, description="Estimator hints for models outside the built-in catalog.")
+    cache: ModelCache | None = Field(
+        None, description="Persistent weights cache; default: an emptyDir per pod."
+    )
+    shape: ModelShape | None = Field(
+        None, description="Estimator hints for models outside the built-in catalog."
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,7 +203,9 @@ class QuantizationMode(StrEnum):
 class QuantizationOptions(ApiModel):
     """4-bit (nf4/fp4) options passed to bitsandbytes."""
 
-    double_quant: StrictBool = Field(True, description="Quantize the quantization constants too (saves ~0.4 bit/param).")
+    double_quant: StrictBool = Field(
+        True, description="Quantize the quantization constants too (saves ~0.4 bit/param)."
+    )
     compute_dtype: ComputeDtype = Field(ComputeDtype.BF16, description="Dtype 4-bit matmuls compute in.")
 
 
@@ -192,6 +221,7 @@ class GpuSpec(ApiModel):
     resource_name: str = Field(
         "nvidia.com/gpu",
         pattern=r"^[a-z0-9.-]+/[a-z0-9.-]+$",
+        max_length=QUALIFIED_NAME_MAX,
         description="Extended resource to request, e.g. nvidia.com/gpu or a MIG profile nvidia.com/mig-3g.40gb.",
     )
     product: str | None = Field(
@@ -201,18 +231,28 @@ class GpuSpec(ApiModel):
         "the nvidia.com/gpu.product label value (NVIDIA-L4). Pods are placed on nodes with that label.",
     )
     memory: str | None = Field(
-        None, pattern=QUANTITY_PATTERN, description="Memory of one GPU (e.g. 24Gi); overrides the product table."
+        None,
+        pattern=QUANTITY_PATTERN,
+        max_length=QUANTITY_MAX,
+        description="Memory of one GPU (e.g. 24Gi); overrides the product table.",
     )
     compute_capability: str | None = Field(
-        None, pattern=r"^[0-9]+\.[0-9]+$", description="Compute capability (e.g. 8.9); overrides the product table."
+        None,
+        pattern=r"^[0-9]+\.[0-9]+$",
+        max_length=8,
+        description="Compute capability (e.g. 8.9); overrides the product table.",
     )
 
 
 class ComputeResources(ApiModel):
     """CPU and memory of the runtime container."""
 
-    cpu: str | None = Field(None, pattern=QUANTITY_PATTERN, description="CPU, e.g. 4.")
-    memory: str | None = Field(None, pattern=QUANTITY_PATTERN, description="Memory, e.g. 32Gi.")
+    cpu: str | None = Field(
+        None, pattern=QUANTITY_PATTERN, max_length=QUANTITY_MAX, description="CPU, e.g. 4."
+    )
+    memory: str | None = Field(
+        None, pattern=QUANTITY_PATTERN, max_length=QUANTITY_MAX, description="Memory, e.g. 32Gi."
+    )
 
 
 class ResourcesSpec(ApiModel):
@@ -242,10 +282,16 @@ class MemorySpec(ApiModel):
     )
 
     gpu_memory_percent: int = Field(
-        90, ge=10, le=100, description="Share of each GPU's memory the runtime may use (torch per-process fraction)."
+        90,
+        ge=10,
+        le=100,
+        description="Share of each GPU's memory the runtime may use (torch per-process fraction).",
     )
     host_memory_percent: int = Field(
-        75, ge=10, le=100, description="Share of the container memory limit for offloaded weights (accelerate max_memory)."
+        75,
+        ge=10,
+        le=100,
+        description="Share of the container memory limit for offloaded weights (accelerate max_memory).",
     )
     headroom_percent: int = Field(
         10, ge=0, le=50, description="Extra margin the fit check keeps free within the GPU budget."
@@ -275,27 +321,37 @@ class ServingSpec(ApiModel):
             CelRule(
                 rule="self.maxBatchSize <= self.maxConcurrentRequests",
                 message="must be <= maxConcurrentRequests",
-                message_expression="'must be <= maxConcurrentRequests (' + string(self.maxConcurrentRequests) + ')'",
                 field_path=".maxBatchSize",
             ),
         )
     )
 
     port: int = Field(8000, ge=1024, le=65535, description="Container and Service port (non-root: >= 1024).")
-    max_batch_size: int = Field(8, ge=1, le=256, description="Requests decoded together; 1 disables batching.")
+    max_batch_size: int = Field(
+        8, ge=1, le=256, description="Requests decoded together; 1 disables batching."
+    )
     batch_window_ms: int = Field(5, ge=0, le=1000, description="Milliseconds to wait to fill a batch.")
     max_concurrent_requests: int = Field(64, ge=1, le=10000, description="Requests in flight per pod.")
     max_queue: int = Field(256, ge=0, le=100000, description="Waiting requests per pod; beyond it 429.")
-    max_input_tokens: int = Field(4096, ge=1, le=1048576, description="Longest prompt in tokens; longer → 400.")
+    max_input_tokens: int = Field(
+        4096, ge=1, le=1048576, description="Longest prompt in tokens; longer → 400."
+    )
     max_new_tokens: int = Field(512, ge=1, le=1048576, description="Most tokens generated per request.")
     request_timeout_seconds: int = Field(300, ge=1, le=86400, description="Wall-clock limit per request.")
-    rate_limit_rps: float = Field(0, ge=0, le=100000, description="Requests per second per pod; 0 = unlimited.")
-    rate_limit_per_key_rps: float = Field(0, ge=0, le=100000, description="Requests per second per API key; 0 = off.")
+    rate_limit_rps: float = Field(
+        0, ge=0, le=100000, description="Requests per second per pod; 0 = unlimited."
+    )
+    rate_limit_per_key_rps: float = Field(
+        0, ge=0, le=100000, description="Requests per second per API key; 0 = off."
+    )
     api_key_secret: SecretKeyRef | None = Field(
         None, description="Secret with the API keys, one per line; unset = no authentication."
     )
     tls_secret: str | None = Field(
-        None, pattern=DNS_LABEL_PATTERN, max_length=253, description="kubernetes.io/tls Secret; serves HTTPS when set."
+        None,
+        pattern=DNS_LABEL_PATTERN,
+        max_length=253,
+        description="kubernetes.io/tls Secret; serves HTTPS when set.",
     )
     client_ca_secret: SecretKeyRef | None = Field(
         None, description="CA bundle (key ca.crt by default) to require client certificates (mTLS)."
@@ -318,9 +374,14 @@ class AutoscalingMetric(StrEnum):
 class ScalingBehavior(ApiModel):
     """HPA behaviour."""
 
-    scale_up_stabilization_seconds: int = Field(0, ge=0, le=3600, description="Scale-up stabilization window.")
+    scale_up_stabilization_seconds: int = Field(
+        0, ge=0, le=3600, description="Scale-up stabilization window."
+    )
     scale_down_stabilization_seconds: int = Field(
-        600, ge=0, le=3600, description="Scale-down stabilization window (long: a 9B model takes minutes to load)."
+        600,
+        ge=0,
+        le=3600,
+        description="Scale-down stabilization window (long: a 9B model takes minutes to load).",
     )
 
 
@@ -332,7 +393,6 @@ class AutoscalingSpec(ApiModel):
             CelRule(
                 rule="self.minReplicas <= self.maxReplicas",
                 message="must be <= maxReplicas",
-                message_expression="'must be <= maxReplicas (' + string(self.maxReplicas) + ')'",
                 field_path=".minReplicas",
             ),
             CelRule(
@@ -343,7 +403,9 @@ class AutoscalingSpec(ApiModel):
         )
     )
 
-    enabled: StrictBool = Field(True, description="Create an HPA; false keeps the block but scales by spec.replicas.")
+    enabled: StrictBool = Field(
+        True, description="Create an HPA; false keeps the block but scales by spec.replicas."
+    )
     min_replicas: int = Field(1, ge=1, le=1000, description="Fewest replicas.")
     max_replicas: int = Field(4, ge=1, le=1000, description="Most replicas.")
     metric: AutoscalingMetric = Field(
@@ -351,7 +413,9 @@ class AutoscalingSpec(ApiModel):
         description="inflight-requests or queue-depth (per-pod custom metrics from the runtime, need a metrics "
         "adapter) or cpu (utilization percent).",
     )
-    target: int = Field(8, ge=1, le=100000, description="Target per pod: requests, queued requests or CPU percent.")
+    target: int = Field(
+        8, ge=1, le=100000, description="Target per pod: requests, queued requests or CPU percent."
+    )
     behavior: ScalingBehavior = Field(default_factory=ScalingBehavior, description="Stabilization windows.")
 
 
@@ -363,11 +427,13 @@ class AutoscalingSpec(ApiModel):
 class Toleration(ApiModel):
     """A pod toleration (core/v1 Toleration)."""
 
-    key: str | None = Field(None, description="Taint key.")
-    operator: str | None = Field(None, pattern="^(Exists|Equal)$", description="Exists or Equal.")
-    value: str | None = Field(None, description="Taint value.")
+    key: str | None = Field(None, max_length=QUALIFIED_NAME_MAX, description="Taint key.")
+    operator: str | None = Field(
+        None, pattern="^(Exists|Equal)$", max_length=8, description="Exists or Equal."
+    )
+    value: str | None = Field(None, max_length=LABEL_VALUE_MAX, description="Taint value.")
     effect: str | None = Field(
-        None, pattern="^(NoSchedule|PreferNoSchedule|NoExecute)$", description="Taint effect."
+        None, pattern="^(NoSchedule|PreferNoSchedule|NoExecute)$", max_length=16, description="Taint effect."
     )
     toleration_seconds: int | None = Field(None, description="NoExecute toleration time.")
 
@@ -375,37 +441,63 @@ class Toleration(ApiModel):
 class SchedulingSpec(ApiModel):
     """Where pods may run."""
 
-    node_selector: dict[str, str] = Field(default_factory=dict, description="Extra node labels to require.")
+    node_selector: dict[str, LabelValue] = Field(
+        default_factory=dict, max_length=64, description="Extra node labels to require."
+    )
     tolerations: list[Toleration] = Field(
-        default_factory=list, description="Extra tolerations (nvidia.com/gpu taints are tolerated already)."
+        default_factory=list,
+        max_length=32,
+        description="Extra tolerations (nvidia.com/gpu taints are tolerated already).",
     )
     affinity: dict[str, Any] | None = Field(
         None,
         description="core/v1 Affinity, passed through unchanged.",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
-    priority_class_name: str | None = Field(None, description="PriorityClass of the pods.")
-    runtime_class_name: str | None = Field(None, description="RuntimeClass, e.g. nvidia.")
+    priority_class_name: str | None = Field(
+        None, max_length=NAME_MAX, description="PriorityClass of the pods."
+    )
+    runtime_class_name: str | None = Field(
+        None, max_length=NAME_MAX, description="RuntimeClass, e.g. nvidia."
+    )
 
 
 class ImageSpec(ApiModel):
     """The runtime image."""
 
-    repository: str = Field("ghcr.io/autoglm/autoglm-runtime", description="Image repository.")
-    tag: str | None = Field(None, description="Image tag; default: the operator's version.")
-    digest: str | None = Field(None, pattern=r"^sha256:[a-f0-9]{64}$", description="Pin by digest (wins over tag).")
-    pull_policy: str = Field("IfNotPresent", pattern="^(Always|IfNotPresent|Never)$", description="Pull policy.")
-    pull_secrets: list[str] = Field(default_factory=list, description="imagePullSecrets names.")
+    repository: str = Field(
+        "ghcr.io/autoglm/autoglm-runtime", max_length=512, description="Image repository."
+    )
+    tag: str | None = Field(
+        None,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$",
+        description="Image tag; default: the operator's version.",
+    )
+    digest: str | None = Field(
+        None, pattern=r"^sha256:[a-f0-9]{64}$", max_length=71, description="Pin by digest (wins over tag)."
+    )
+    pull_policy: str = Field(
+        "IfNotPresent", pattern="^(Always|IfNotPresent|Never)$", max_length=16, description="Pull policy."
+    )
+    pull_secrets: list[ObjectName] = Field(
+        default_factory=list, max_length=16, description="imagePullSecrets names."
+    )
 
 
 class ProbesSpec(ApiModel):
     """Health probes. The startup budget is derived from the weight size unless set."""
 
     startup_timeout_seconds: int | None = Field(
-        None, ge=30, le=86400, description="How long a pod may take to load; default: weight size / 50 MB/s + 120 s."
+        None,
+        ge=30,
+        le=86400,
+        description="How long a pod may take to load; default: weight size / 50 MB/s + 120 s.",
     )
     period_seconds: int = Field(10, ge=1, le=300, description="Probe period.")
-    liveness_failure_threshold: int = Field(3, ge=1, le=100, description="Liveness failures before a restart.")
+    liveness_failure_threshold: int = Field(
+        3, ge=1, le=100, description="Liveness failures before a restart."
+    )
 
 
 class PodDisruptionBudgetSpec(ApiModel):
@@ -428,9 +520,13 @@ class PodDisruptionBudgetSpec(ApiModel):
 class MonitoringSpec(ApiModel):
     """Prometheus scraping."""
 
-    service_monitor: StrictBool = Field(False, description="Create a monitoring.coreos.com/v1 ServiceMonitor.")
-    interval: str = Field("30s", pattern=r"^[0-9]+(ms|s|m|h)$", description="Scrape interval.")
-    labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on the ServiceMonitor.")
+    service_monitor: StrictBool = Field(
+        False, description="Create a monitoring.coreos.com/v1 ServiceMonitor."
+    )
+    interval: str = Field("30s", pattern=r"^[0-9]+(ms|s|m|h)$", max_length=16, description="Scrape interval.")
+    labels: dict[str, LabelValue] = Field(
+        default_factory=dict, max_length=32, description="Extra labels on the ServiceMonitor."
+    )
 
 
 class AutoGLMDeploymentSpec(ApiModel):
@@ -447,8 +543,6 @@ class AutoGLMDeploymentSpec(ApiModel):
                 rule="!has(self.replicas) || !has(self.autoscaling) || !self.autoscaling.enabled || "
                 "(self.replicas >= self.autoscaling.minReplicas && self.replicas <= self.autoscaling.maxReplicas)",
                 message="must be within autoscaling.minReplicas and autoscaling.maxReplicas",
-                message_expression="'must be within autoscaling.minReplicas and autoscaling.maxReplicas (' + "
-                "string(self.autoscaling.minReplicas) + '..' + string(self.autoscaling.maxReplicas) + ')'",
                 field_path=".replicas",
             ),
         )
@@ -456,14 +550,20 @@ class AutoGLMDeploymentSpec(ApiModel):
 
     model: ModelSpec = Field(..., description="The model to serve.")
     quantization: QuantizationMode = Field(
-        QuantizationMode.AUTO, description="none, fp16, bf16, int8, nf4, fp4, or auto (least lossy that fits)."
+        QuantizationMode.AUTO,
+        description="none, fp16, bf16, int8, nf4, fp4, or auto (least lossy that fits).",
     )
     quantization_options: QuantizationOptions | None = Field(None, description="4-bit options (nf4/fp4).")
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="GPUs, CPU and memory per replica.")
+    resources: ResourcesSpec = Field(
+        default_factory=ResourcesSpec, description="GPUs, CPU and memory per replica."
+    )
     memory: MemorySpec = Field(default_factory=MemorySpec, description="Memory budgets in percent.")
     serving: ServingSpec = Field(default_factory=ServingSpec, description="Batching, limits, auth, TLS.")
     replicas: int | None = Field(
-        None, ge=0, le=1000, description="Replicas when autoscaling is off (also the scale subresource); default 1."
+        None,
+        ge=0,
+        le=1000,
+        description="Replicas when autoscaling is off (also the scale subresource); default 1.",
     )
     autoscaling: AutoscalingSpec | None = Field(None, description="HPA settings; absent = fixed replicas.")
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec, description="Node placement.")
@@ -494,11 +594,17 @@ class ConditionType(StrEnum):
 class Condition(ApiModel):
     """Shaped like metav1.Condition."""
 
-    type: str = Field(..., description="Ready, Progressing, Degraded or MemoryFit.")
-    status: str = Field(..., pattern="^(True|False|Unknown)$", description="True, False or Unknown.")
+    type: str = Field(
+        ..., max_length=QUALIFIED_NAME_MAX, description="Ready, Progressing, Degraded or MemoryFit."
+    )
+    status: str = Field(
+        ..., pattern="^(True|False|Unknown)$", max_length=8, description="True, False or Unknown."
+    )
     reason: str = Field(..., max_length=1024, description="CamelCase reason.")
     message: str = Field("", max_length=32768, description="Human-readable details.")
-    last_transition_time: str = Field(..., description="When the status last changed (RFC 3339).")
+    last_transition_time: str = Field(
+        ..., max_length=64, description="When the status last changed (RFC 3339)."
+    )
     observed_generation: int | None = Field(None, ge=0, description="Generation this condition is about.")
 
 
@@ -517,14 +623,22 @@ class AutoGLMDeploymentStatus(ApiModel):
     """Observed state of an AutoGLMDeployment."""
 
     observed_generation: int | None = Field(None, description="Generation the operator last reconciled.")
-    conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing, Degraded, MemoryFit.")
+    conditions: list[Condition] = Field(
+        default_factory=list, max_length=8, description="Ready, Progressing, Degraded, MemoryFit."
+    )
     replicas: int | None = Field(None, description="Pods of the Deployment (scale subresource).")
     ready_replicas: int | None = Field(None, description="Ready pods.")
-    selector: str | None = Field(None, description="Label selector of the pods (scale subresource).")
-    quantization: str | None = Field(None, description="Quantization in use (auto resolved).")
-    estimated_gpu_memory: str | None = Field(None, description="Estimated GPU memory per replica, e.g. 10.2Gi.")
+    selector: str | None = Field(
+        None, max_length=4096, description="Label selector of the pods (scale subresource)."
+    )
+    quantization: str | None = Field(None, max_length=16, description="Quantization in use (auto resolved).")
+    estimated_gpu_memory: str | None = Field(
+        None, max_length=QUANTITY_MAX, description="Estimated GPU memory per replica, e.g. 10.2Gi."
+    )
     estimate: MemoryEstimateStatus | None = Field(None, description="Estimate breakdown.")
-    endpoint: str | None = Field(None, description="In-cluster URL of the OpenAI-compatible API.")
+    endpoint: str | None = Field(
+        None, max_length=1024, description="In-cluster URL of the OpenAI-compatible API."
+    )
 
 
 class AutoGLMDeployment(ApiModel):

@@ -57,6 +57,8 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         out["type"] = "object"
     if "enum" in out and "type" not in out:
         out["type"] = "string"
+    if out.get("type") == "string" and "enum" in out and "maxLength" not in out:
+        out["maxLength"] = max(len(str(v)) for v in out["enum"])  # the CEL cost estimator ignores enum
     if "const" in out:
         out.setdefault("enum", [out.pop("const")])
     return out
@@ -108,8 +110,12 @@ def root_schema() -> dict[str, Any]:
         "fit, behind an OpenAI-compatible API.",
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string", "description": "APIVersion of this object: autoglm.io/v1alpha1."},
-            "kind": {"type": "string", "description": "Kind: AutoGLMDeployment."},
+            "apiVersion": {
+                "type": "string",
+                "maxLength": 253,
+                "description": "APIVersion of this object: autoglm.io/v1alpha1.",
+            },
+            "kind": {"type": "string", "maxLength": 63, "description": "Kind: AutoGLMDeployment."},
             "metadata": {"type": "object"},
             "spec": spec,
             "status": status,

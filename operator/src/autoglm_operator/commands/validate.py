@@ -11,7 +11,9 @@ from autoglm_operator.validate import validate_object
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-f", "--filename", action="append", required=True, help="YAML file ('-' = stdin); repeatable")
+    p.add_argument(
+        "-f", "--filename", action="append", required=True, help="YAML file ('-' = stdin); repeatable"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print problems only")
 
 
