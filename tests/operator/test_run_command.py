@@ -79,3 +79,34 @@ def test_no_finalizer_requiring_handlers_are_registered() -> None:
     changing = registry._changing.get_all_handlers()
     assert [h.id for h in spawning] == ["resync"]
     assert not any(h.requires_finalizer for h in [*spawning, *changing])
+
+
+def test_leader_election_priority_and_lifetime(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Distinct priorities per replica (kopf pauses every replica on a tie); the older one is higher.
+    older = run_cmd.start_time_priority(now=1_800_000_000.000)
+    younger = run_cmd.start_time_priority(now=1_800_000_000.001)
+    assert older > younger > 0
+    assert older < 2**53  # exact in every JSON reader of the peering object
+    _, kwargs = run_cmd.build(_parse([]))
+    assert kwargs["priority"] > 0
+    _, second = run_cmd.build(_parse([]))
+    assert second["priority"] != kwargs["priority"]
+    _, kwargs = run_cmd.build(_parse(["--priority", "7"]))
+    assert kwargs["priority"] == 7
+    monkeypatch.setenv("AUTOGLM_OPERATOR_PRIORITY", "9")
+    assert run_cmd.build(_parse([]))[1]["priority"] == 9
+    assert run_cmd.build(_parse(["--standalone"]))[1]["priority"] is None
+
+
+def test_peering_lifetime_reaches_kopf_settings() -> None:
+    import kopf
+
+    registry, _ = run_cmd.build(_parse(["--peering-lifetime", "20"]))
+    settings = kopf.OperatorSettings()
+    for handler in registry._activities.get_all_handlers():
+        if handler.id == "configure":
+            handler.fn(settings=settings, logger=None)
+    assert settings.peering.lifetime == 20
+    assert settings.peering.mandatory is True
+    with pytest.raises(SystemExit):
+        _parse(["--peering-lifetime", "2"])

@@ -28,6 +28,13 @@ from autoglm_operator import api
 FIELD_MANAGER = "autoglm-operator"
 USER_AGENT = "autoglm-operator"
 
+
+def default_user_agent() -> str:
+    """``autoglm-operator (POD)``: audit logs (and the tests) tell the replicas' writes apart."""
+    pod = os.environ.get("POD_ID", "").strip()
+    return f"{USER_AGENT} ({pod})" if pod else USER_AGENT
+
+
 Query = list[tuple[str, str]]  # a module-level alias: inside Kube, ``list`` is the method
 
 APPLY = "application/apply-patch+yaml"
@@ -137,11 +144,11 @@ class Kube:
         self,
         configuration: k8s_client.Configuration | None = None,
         *,
-        user_agent: str = USER_AGENT,
+        user_agent: str | None = None,
         timeout: float = 30.0,
     ) -> None:
         self._client = k8s_client.ApiClient(configuration or load_configuration())
-        self._client.user_agent = user_agent
+        self._client.user_agent = user_agent or default_user_agent()
         self._timeout = timeout
 
     def close(self) -> None:

@@ -63,6 +63,24 @@ import jsonpatch
 import kmock
 import yaml
 from kmock._internal import dicts as kmock_dicts
+from kmock._internal import parsing as kmock_parsing
+
+_kmock_parse_path = kmock_parsing.parse_path
+
+
+def _parse_path(path: str) -> kmock_parsing.ParsedPath:
+    """kmock reads ``/api/v1/namespaces[/NAME]`` as a namespace prefix with no resource (and fails
+    with a 500): they are the cluster-scoped Namespace resource, which kopf lists and watches when
+    it serves ``--namespace``."""
+    parts = path.strip("/").split("/")
+    if parts[:3] == ["api", "v1", "namespaces"] and len(parts) <= 4:
+        return kmock_parsing.ParsedPath(
+            "", "v1", "namespaces", None, parts[3] if len(parts) == 4 else None, None
+        )
+    return _kmock_parse_path(path)
+
+
+kmock_parsing.parse_path = _parse_path
 
 APPLY = "application/apply-patch+yaml"
 JSON_PATCH = "application/json-patch+json"
@@ -168,6 +186,10 @@ class ApiEmulator(kmock.KubernetesEmulator):
     """kmock's emulator with stamping, SSA, subresources, GC, selectors and a write counter."""
 
     writes: collections.Counter[tuple[str, str, str]] = attrs.field(factory=collections.Counter, init=False)
+    # The same writes keyed by the whole User-Agent: the operator's replicas send `autoglm-operator (POD)`.
+    writes_by_agent: collections.Counter[tuple[str, str, str]] = attrs.field(
+        factory=collections.Counter, init=False
+    )
     fail_next: dict[tuple[str, str], list[int]] = attrs.field(factory=dict, init=False)
     _versions: Any = attrs.field(factory=lambda: itertools.count(1000), init=False)
     _applied: dict[tuple[Any, str | None, str, str], dict[str, Any]] = attrs.field(factory=dict, init=False)
@@ -222,6 +244,7 @@ class ApiEmulator(kmock.KubernetesEmulator):
         }[method]
         target = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
         self.writes[(client_of(request.headers.get("User-Agent")), verb, target)] += 1
+        self.writes_by_agent[(request.headers.get("User-Agent") or "", verb, target)] += 1
         planned = self.fail_next.get((verb, target))
         if planned:
             code = planned.pop(0)
@@ -459,8 +482,20 @@ class ApiEmulator(kmock.KubernetesEmulator):
 
 
 def register_resources(emu: kmock.KubernetesEmulator) -> None:
-    """Built-in discovery plus the AutoGLMDeployment CRD (without it kopf idles silently)."""
+    """Built-in discovery, the AutoGLMDeployment CRD (without it kopf idles silently) and kopf's
+    peering CRDs (as the chart installs them: no status subresource)."""
     from autoglm_operator import api
+
+    for plural, kind, namespaced in (
+        ("clusterkopfpeerings", "ClusterKopfPeering", False),
+        ("kopfpeerings", "KopfPeering", True),
+    ):
+        emu.resources[f"kopf.dev/v1/{plural}"] = kmock.ResourceInfo(
+            kind=kind,
+            singular=kind.lower(),
+            namespaced=namespaced,
+            verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+        )
 
     emu.resources.load_bundled()
     emu.resources[f"{api.GROUP}/{api.VERSION}/{api.PLURAL}"] = kmock.ResourceInfo(

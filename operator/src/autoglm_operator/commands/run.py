@@ -10,12 +10,21 @@ import argparse
 import asyncio
 import logging
 import os
+import secrets
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 DEFAULT_PEERING = "autoglm-operator"
+DEFAULT_PEERING_LIFETIME = 15
+# Start-time priorities: 2**52 - (milliseconds since the epoch * 1024 + a random 0..1023). The older
+# replica has the higher priority; two replicas started in the same millisecond still differ (1 in
+# 1024 chance of a tie, which kopf then resolves by pausing both until one restarts). Values stay
+# below 2**53, exact in any JSON reader.
+_PRIORITY_BASE = 2**52
+_PRIORITY_JITTER = 1024
 
 
 def _env(name: str, default: Any = None) -> Any:
@@ -35,6 +44,19 @@ def _port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{text} is not a port (0-65535; 0 turns the endpoint off)")
     return value
+
+
+def _lifetime(text: str) -> int:
+    value = int(text)
+    if not 5 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text} is not a peering lifetime (5-3600 seconds)")
+    return value
+
+
+def start_time_priority(now: float | None = None) -> int:
+    """A peering priority that makes the oldest replica the leader (see ``_PRIORITY_BASE``)."""
+    millis = int((time.time() if now is None else now) * 1000)
+    return _PRIORITY_BASE - millis * _PRIORITY_JITTER - secrets.randbelow(_PRIORITY_JITTER)
 
 
 def _positive(text: str) -> float:
@@ -73,6 +95,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         default=_env("PEERING", DEFAULT_PEERING),
         help="kopf peering object shared by the replicas; only one of them reconciles (default: %(default)s)",
+    )
+    election = p.add_argument_group("leader election (with --peering)")
+    election.add_argument(
+        "--priority",
+        type=int,
+        default=_env("PRIORITY"),
+        help="this replica's kopf peering priority; the highest live one reconciles, the others stand by. "
+        "Default: derived from the start time, so the oldest replica leads and a restarted one stands by",
+    )
+    election.add_argument(
+        "--peering-lifetime",
+        type=_lifetime,
+        default=_env("PEERING_LIFETIME", str(DEFAULT_PEERING_LIFETIME)),
+        help="seconds a replica's keep-alive stays valid; a standby takes over at most this long after "
+        "the leader dies without a clean stop (default: %(default)s)",
     )
     ops = p.add_argument_group("endpoints and timing")
     ops.add_argument(
@@ -146,10 +183,18 @@ def build(args: argparse.Namespace, hooks: Hooks | None = None) -> tuple[Any, di
     standalone = bool(args.standalone)
     user_tune = hooks.tune
 
+    priority = args.priority if args.priority is not None else start_time_priority()
+    lifetime = int(args.peering_lifetime)
+
     def tune(settings: kopf.OperatorSettings) -> None:
         if not standalone:
             # Without the KopfPeering CRD kopf would quietly run unpeered; two replicas must never both act.
             settings.peering.mandatory = True
+            # Leader election: kopf pauses every replica that sees a live peer of higher priority, and
+            # all of them on a tie; distinct priorities leave exactly one active. A peer that stops
+            # cleanly leaves the peering at once; one that is killed is dropped when its keep-alive
+            # (refreshed every lifetime - 5..10 s) expires, which bounds the takeover by the lifetime.
+            settings.peering.lifetime = lifetime
         if user_tune is not None:
             user_tune(settings)
 
@@ -163,6 +208,7 @@ def build(args: argparse.Namespace, hooks: Hooks | None = None) -> tuple[Any, di
         "registry": registry,
         "standalone": standalone,
         "peering_name": None if standalone else args.peering,
+        "priority": None if standalone else priority,
         "clusterwide": not namespaces,
         "namespaces": namespaces,
         "liveness_endpoint": f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None,
@@ -193,7 +239,11 @@ def run(args: argparse.Namespace, hooks: Hooks | None = None) -> int:
     _, kwargs = build(args, hooks)
     metrics.serve(args.metrics_port)
     scope = ", ".join(kwargs["namespaces"]) or "all namespaces"
-    mode = "standalone" if kwargs["standalone"] else f"peering {kwargs['peering_name']}"
+    mode = (
+        "standalone"
+        if kwargs["standalone"]
+        else f"peering {kwargs['peering_name']} with priority {kwargs['priority']} (the highest live one leads)"
+    )
     logging.getLogger("autoglm_operator").info(f"Starting autoglm-operator: watching {scope}, {mode}")
     if hooks.stop_flag is None and threading.current_thread() is not threading.main_thread():
         raise RuntimeError("run() outside the main thread needs a stop_flag")
