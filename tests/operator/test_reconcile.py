@@ -10,7 +10,7 @@ import kopf
 import pytest
 
 from autoglm_operator.kube import ApiError, Kind
-from autoglm_operator.reconcile import HASH_ANNOTATION, applied_hash, backoff, reconcile
+from autoglm_operator.reconcile import HASH_ANNOTATION, RetryLater, applied_hash, backoff, reconcile
 
 LOG = logging.getLogger("test")
 CR: dict[str, Any] = {
@@ -33,6 +33,7 @@ class FakeKube:
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.writes: list[tuple[str, str]] = []
         self.fail: dict[tuple[str, str], ApiError] = {}
+        self.last_patch: dict[str, Any] = {}
 
     def _maybe_fail(self, verb: str, kind: str) -> None:
         if (verb, kind) in self.fail:
@@ -63,6 +64,7 @@ class FakeKube:
     ):
         self._maybe_fail("patch", kind.kind)
         self.writes.append(("patch_status", kind.kind))
+        self.last_patch = copy.deepcopy(patch)
         return {}
 
 
@@ -117,9 +119,20 @@ def test_transient_errors_retry_with_backoff(code: int) -> None:
         code, "Boom", "try later", verb="patch", what="Deployment ml/chat"
     )
     with pytest.raises(kopf.TemporaryError) as info:
+        reconcile(CR, kube, LOG, retry=0)  # type: ignore[arg-type]
+    assert info.value.delay == backoff(0) == 1.0
+    assert ("patch_status", "AutoGLMDeployment") not in kube.writes, "the first failure is retried quietly"
+    # It keeps failing: the CR says so (Degraded, the object and the API message) and retries go on.
+    with pytest.raises(RetryLater) as info:
         reconcile(CR, kube, LOG, retry=3)  # type: ignore[arg-type]
     assert info.value.delay == backoff(3) == 8.0
-    assert ("patch_status", "AutoGLMDeployment") not in kube.writes
+    assert ("patch_status", "AutoGLMDeployment") in kube.writes
+    degraded = next(c for c in kube.last_patch["status"]["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True"
+    assert degraded["reason"] == "ApplyFailed"
+    assert "Deployment ml/chat" in degraded["message"]
+    assert "try later" in degraded["message"]
+    assert [n.reason for n in info.value.notices] == ["ApplyFailed"]
 
 
 def test_permanent_api_error_degrades_without_retry() -> None:

@@ -26,7 +26,7 @@ from kubernetes.config.config_exception import ConfigException
 
 from autoglm_operator import api, labels, metrics
 from autoglm_operator.kube import KINDS, ApiError, Kube, bearer_token, load_configuration
-from autoglm_operator.reconcile import CR_KIND, Options, Outcome, backoff, reconcile
+from autoglm_operator.reconcile import CR_KIND, Options, Outcome, RetryLater, backoff, reconcile
 
 ANNOTATION_PREFIX = "autoglm.io"
 # Children whose deletion or change brings the owner back to a reconcile.
@@ -51,6 +51,7 @@ class _State:
         self.config = config
         self._kube: Kube | None = None
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self.failures: dict[tuple[str, str], int] = {}  # consecutive transient failures per CR
         self._gone: dict[str, asyncio.Event] = {}
 
     @property
@@ -111,9 +112,20 @@ async def _run(state: _State, body: Mapping[str, Any], logger: Any, retry: int =
             raise
         if fresh is None or fresh["metadata"].get("uid") != meta.get("uid"):
             return None
-        outcome = await asyncio.to_thread(
-            reconcile, fresh, state.kube, logger, retry=retry, options=state.config.options
-        )
+        key = (namespace, name)
+        # Consecutive transient failures of this CR, whichever trigger ran them (kopf's retry count
+        # covers only its own handler's retries, not the resync loop or child events).
+        failures = max(retry, state.failures.get(key, 0))
+        try:
+            outcome = await asyncio.to_thread(
+                reconcile, fresh, state.kube, logger, retry=failures, options=state.config.options
+            )
+        except kopf.TemporaryError as e:
+            state.failures[key] = failures + 1
+            if isinstance(e, RetryLater):
+                await _post(fresh, Outcome(result="retrying", notices=e.notices))
+            raise
+        state.failures.pop(key, None)
     await _post(fresh, outcome)
     return outcome
 
@@ -228,6 +240,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig | None = No
     async def on_cr_deleted(body: kopf.Body, **_: Any) -> None:
         meta = body.get("metadata", {})
         metrics.MANAGED_COUNTS.forget((meta.get("namespace", ""), meta.get("name", "")))
+        state.failures.pop((meta.get("namespace", ""), meta.get("name", "")), None)
         state.forget(meta.get("uid", ""))
 
     return registry

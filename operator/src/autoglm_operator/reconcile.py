@@ -69,6 +69,21 @@ OPTIONAL_KINDS = frozenset({"ServiceMonitor"})
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 
 
+# Transient failures (5xx, 429, no answer) are retried quietly once; from the second consecutive
+# failure on, the CR shows Degraded=True (ApplyFailed, the object and the API server's message) and
+# a Warning Event, while the retries go on.
+REPORT_AFTER_RETRIES = 1
+
+
+class RetryLater(kopf.TemporaryError):
+    """A transient failure that was also reported on the CR: the handler posts ``notices`` as Events
+    before kopf retries."""
+
+    def __init__(self, message: str, *, delay: float, notices: list[Notice]) -> None:
+        super().__init__(message, delay=delay)
+        self.notices = notices
+
+
 @dataclass
 class Outcome:
     """What one reconcile did (handlers post ``notices`` as Events; tests read ``writes``)."""
@@ -254,30 +269,21 @@ def _reconcile(
         if e.transient:
             delay = backoff(retry)
             logger.warning(f"Transient API error, retrying in {delay:.0f}s: {e}")
-            raise kopf.TemporaryError(str(e), delay=delay) from e
+            if retry < REPORT_AFTER_RETRIES:
+                raise kopf.TemporaryError(str(e), delay=delay) from e
+            # It keeps failing: say so on the CR (Degraded + a Warning Event) while retries go on.
+            # The message carries no delay, so further identical failures write nothing new.
+            failing = Outcome(result="retrying")
+            obs = _observation(
+                spec, rendered, live, wanted, body, apply_error=f"{e} (retrying)", warnings=warnings
+            )
+            _write_status(kube, body, obs, previous_status, failing, logger)
+            raise RetryLater(str(e), delay=delay, notices=failing.notices) from e
         apply_error = str(e)
         logger.error(f"API error the operator will not retry until the next spec change or resync: {e}")
 
     # 4. Status from the real Deployment (the applied or read object).
-    deployment = next((obj for (k, _), obj in live.items() if k == "Deployment"), None)
-    service = next((o for o in wanted if o["kind"] == "Service"), None)
-    spec_port = spec.serving.port
-    obs = Observation(
-        generation=generation,
-        plan=rendered.plan,
-        skip_fit_check=spec.memory.skip_fit_check,
-        deployment_skipped_reason=rendered.deployment_skipped_reason,
-        deployment=deployment,
-        selector=labels.selector_string(name),
-        endpoint=endpoint_url(
-            service["metadata"]["name"] if service else labels.workload_name(name),
-            namespace,
-            spec_port,
-            tls=spec.serving.tls_secret is not None,
-        ),
-        apply_error=apply_error,
-        warnings=tuple(warnings),
-    )
+    obs = _observation(spec, rendered, live, wanted, body, apply_error=apply_error, warnings=warnings)
     outcome.children = [k for (k, _) in live]
     if apply_error:
         outcome.result = "failed"
@@ -287,6 +293,39 @@ def _reconcile(
         outcome.result = "applied"
     _write_status(kube, body, obs, previous_status, outcome, logger)
     return outcome
+
+
+def _observation(
+    spec: api.AutoGLMDeploymentSpec,
+    rendered: render_mod.Rendered,
+    live: Mapping[tuple[str, str], Mapping[str, Any]],
+    wanted: list[dict[str, Any]],
+    body: Mapping[str, Any],
+    *,
+    apply_error: str | None,
+    warnings: list[str],
+) -> Observation:
+    """What the status is computed from, after the applies (some may have failed)."""
+    meta = body.get("metadata") or {}
+    namespace, name = meta.get("namespace", ""), meta.get("name", "")
+    deployment = next((obj for (k, _), obj in live.items() if k == "Deployment"), None)
+    service = next((o for o in wanted if o["kind"] == "Service"), None)
+    return Observation(
+        generation=meta.get("generation"),
+        plan=rendered.plan,
+        skip_fit_check=spec.memory.skip_fit_check,
+        deployment_skipped_reason=rendered.deployment_skipped_reason,
+        deployment=deployment,
+        selector=labels.selector_string(name),
+        endpoint=endpoint_url(
+            service["metadata"]["name"] if service else labels.workload_name(name),
+            namespace,
+            spec.serving.port,
+            tls=spec.serving.tls_secret is not None,
+        ),
+        apply_error=apply_error,
+        warnings=tuple(warnings),
+    )
 
 
 def _write_status(
@@ -329,25 +368,31 @@ def _plan(spec: api.AutoGLMDeploymentSpec, node_gpu: Any) -> Any:
 def _node_gpu(
     kube: Kube, spec: api.AutoGLMDeploymentSpec, logger: logging.Logger | logging.LoggerAdapter[Any]
 ) -> Any:
-    """GPU facts from GPU-feature-discovery labels of a node with the requested product, if readable.
+    """GPU facts from the GPU-feature-discovery labels of the nodes the pods can land on, if readable.
 
-    Only when the spec names a product and no explicit memory; RBAC may forbid reading nodes, in which
-    case the planner falls back to its product table.
+    With ``resources.gpu.product``: a node with that product label. Without a product (and without
+    an explicit memory): every GPU-labelled node matching ``scheduling.nodeSelector``, and of those
+    the GPU with the least memory (the pods may land on any of them). RBAC may forbid reading nodes:
+    the planner then uses its product table, or deploys an explicit quantization without a fit check.
     """
     gpu = spec.resources.gpu
-    if not gpu.product or gpu.memory or gpu.count == 0:
+    if gpu.memory or gpu.count == 0:
         return None
     from autoglm_operator.memory.gpus import gpu_from_node_labels
     from autoglm_operator.render import gpu_product_label
 
-    selector = f"{GPU_PRODUCT_LABEL}={gpu_product_label(gpu.product)}"
+    if gpu.product:
+        selector = f"{GPU_PRODUCT_LABEL}={gpu_product_label(gpu.product)}"
+    else:
+        terms = [GPU_PRODUCT_LABEL] + [f"{k}={v}" for k, v in sorted(spec.scheduling.node_selector.items())]
+        selector = ",".join(terms)
     try:
         nodes = kube.list(KINDS["Node"], None, label_selector=selector)
     except ApiError as e:
         logger.debug(f"Cannot read nodes ({e.status} {e.reason}); the planner uses its GPU table.")
         return None
-    for node in nodes:
-        info = gpu_from_node_labels((node.get("metadata") or {}).get("labels") or {})
-        if info is not None:
-            return info
-    return None
+    labelled = (gpu_from_node_labels((node.get("metadata") or {}).get("labels") or {}) for node in nodes)
+    found = [info for info in labelled if info is not None]
+    if not found:
+        return None
+    return found[0] if gpu.product else min(found, key=lambda info: info.memory_bytes)

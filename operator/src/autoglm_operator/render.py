@@ -258,8 +258,8 @@ def _plan(spec: AutoGLMDeploymentSpec, node_gpu: GpuInfo | None) -> MemoryPlan:
 
 
 def _skip_reason(spec: AutoGLMDeploymentSpec, plan: MemoryPlan) -> str | None:
-    if plan.fits or spec.memory.skip_fit_check:
-        return None
+    if plan.fits or not plan.gpu_known or spec.memory.skip_fit_check:
+        return None  # an unknown GPU deploys (explicit mode) with MemoryFit=Unknown
     c = plan.chosen
     # The planner's reason carries the numbers and a suggestion; these are the chosen mode's totals.
     numbers = f"{c.quantization}: {c.total_bytes / GIB:.1f} GiB needed, {c.usable_bytes / GIB:.1f} GiB usable"

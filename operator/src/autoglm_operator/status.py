@@ -10,7 +10,9 @@ Condition meanings:
 - ``Progressing``: a rollout is under way (pods being created, loading the model, or old pods leaving).
 - ``Degraded``: the operator cannot deliver the spec: invalid spec, the model does not fit,
   an API error it will not retry, or the Deployment reports a failed rollout.
-- ``MemoryFit``: the memory estimate of the chosen quantization fits the GPU budget.
+- ``MemoryFit``: the memory estimate of the chosen quantization fits the GPU budget (``Unknown``,
+  reason ``GpuUnknown``, when an explicit quantization runs on a GPU neither the spec nor a node
+  label describes: pods are created, the message says how to get a fit check).
 """
 
 from __future__ import annotations
@@ -136,6 +138,8 @@ def desired_conditions(obs: Observation) -> list[dict[str, Any]]:
     plan = obs.plan
     if plan is None:
         memory_cond = _cond(memory, UNKNOWN, "NotEstimated", "No memory estimate.")
+    elif not plan.gpu_known:
+        memory_cond = _cond(memory, UNKNOWN, "GpuUnknown", plan.reason)
     elif plan.fits:
         memory_cond = _cond(memory, TRUE, "Fits", plan.reason or "The estimate fits the GPU budget.")
     elif obs.skip_fit_check:
@@ -237,7 +241,8 @@ def compute_status(
     if obs.plan is not None:
         status["quantization"] = obs.plan.chosen.quantization
         status["estimatedGpuMemory"] = obs.plan.estimated_gpu_memory
-        status["estimate"] = estimate_status(obs.plan)
+        if obs.plan.gpu_known:  # no budget to compare against otherwise
+            status["estimate"] = estimate_status(obs.plan)
     if obs.selector:
         status["selector"] = obs.selector
     if obs.deployment is not None:

@@ -9,6 +9,8 @@ API server.
 
 from __future__ import annotations
 
+import asyncio
+
 from autoglm_operator import api
 
 from . import scenarios
@@ -147,3 +149,90 @@ async def test_service_monitor_without_its_crd_is_a_warning(harness: Harness) ->
     assert "monitoring.coreos.com" in cond["message"]
     kids = await harness.children("mon")
     assert "Deployment" in kids
+
+
+async def _failing_child_is_reported_and_recovers(
+    harness: Harness, code: int, target: str, kind: str
+) -> None:
+    harness.emulator.fail_next[("apply", target)] = [code] * 10_000  # fails until cleared
+    await harness.start_operator(resync_seconds=0.5)
+    await harness.create_cr("stuck", scenarios.SPEC)
+    cond = await harness.wait_condition("stuck", "Degraded", "True", "ApplyFailed")
+    # The object and the API server's own message, no stack trace.
+    assert f"{kind} {harness.namespace}/stuck" in cond["message"], cond
+    assert f"injected {code} for apply {target}" in cond["message"], cond
+    assert "Traceback" not in cond["message"]
+
+    async def warned() -> list[dict]:
+        return [e for e in await harness.events_for("stuck") if e.get("reason") == "ApplyFailed"]
+
+    events = await harness.eventually(warned, "a Warning Event ApplyFailed")
+    assert events[0]["type"] == "Warning"
+    assert kind in events[0]["message"]
+    attempts = harness.emulator.writes[("operator", "apply", target)]
+    await harness.eventually(
+        lambda: asyncio.sleep(0, harness.emulator.writes[("operator", "apply", target)] > attempts + 1),
+        "retries going on after the report",
+    )
+    assert len(await warned()) == 1, "one Event per failure, not one per retry"
+
+    harness.emulator.fail_next.pop(("apply", target))
+    await harness.wait_condition("stuck", "Degraded", "False")
+    assert kind in await harness.children("stuck")
+
+    async def recovered() -> bool:
+        return any(e.get("reason") == "Recovered" for e in await harness.events_for("stuck"))
+
+    await harness.eventually(recovered, "a Recovered Event")
+
+
+async def test_persistent_500_on_one_child_kind_degrades_and_recovers(harness: Harness) -> None:
+    # The real API server answered `500 … failed to allocate a serviceIP … range is full` for minutes.
+    await _failing_child_is_reported_and_recovers(harness, 500, "services", "Service")
+
+
+async def test_persistent_422_on_one_child_kind_degrades_and_recovers(harness: Harness) -> None:
+    await _failing_child_is_reported_and_recovers(harness, 422, "deployments", "Deployment")
+
+
+MINIMAL = {"model": {"source": "hf://THUDM/glm-4-9b-chat"}}
+
+
+async def test_minimal_cr_with_explicit_quantization_deploys_without_a_fit_check(harness: Harness) -> None:
+    await harness.start_operator()
+    await harness.create_cr("minimal", {**MINIMAL, "quantization": "int8"})
+    await harness.eventually(lambda: harness.get("Deployment", "minimal"), "the Deployment")
+    cond = await harness.wait_condition("minimal", "MemoryFit", "Unknown", "GpuUnknown")
+    assert "spec.resources.gpu.product" in cond["message"]
+    assert "spec.resources.gpu.memory" in cond["message"]
+    assert (await harness.condition("minimal", "Degraded"))["status"] == "False"
+    status = (await harness.get(api.KIND, "minimal"))["status"]
+    assert status["quantization"] == "int8"
+    assert status["estimatedGpuMemory"].endswith("Gi")
+    assert "estimate" not in status  # no budget to compare against
+
+
+async def test_auto_with_an_unknown_gpu_is_refused_with_the_instruction(harness: Harness) -> None:
+    await harness.start_operator()
+    await harness.create_cr("guess", MINIMAL)  # quantization defaults to auto
+    cond = await harness.wait_condition("guess", "Degraded", "True")
+    assert "quantization auto" in cond["message"]
+    assert "spec.resources.gpu.product" in cond["message"]
+    assert await harness.get("Deployment", "guess") is None
+
+
+async def test_minimal_cr_plans_against_the_gpu_node_labels(harness: Harness) -> None:
+    # GPU feature discovery labels: two node types the pods can land on; the smaller GPU decides.
+    for name, product, mib in (("big", "NVIDIA-A100-SXM4-80GB", 81920), ("small", "NVIDIA-L4", 23034)):
+        labels = {"nvidia.com/gpu.product": product, "nvidia.com/gpu.memory": str(mib)}
+        await harness.call(
+            harness.kube.create,
+            {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}},
+        )
+    await harness.start_operator()
+    await harness.create_cr("labelled", MINIMAL)
+    cond = await harness.wait_condition("labelled", "MemoryFit", "True")
+    assert "L4" in cond["message"], cond
+    status = (await harness.get(api.KIND, "labelled"))["status"]
+    assert status["estimate"]["budgetGib"] < 23, status["estimate"]
+    assert await harness.get("Deployment", "labelled") is not None

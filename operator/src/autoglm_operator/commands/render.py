@@ -49,6 +49,11 @@ def decision(label: str, r: Rendered) -> str:
     """One line on the memory plan: what runs and whether it fits."""
     c = r.plan.chosen
     where = f"{r.plan.gpu_count} x {r.plan.gpu.name}" if r.plan.gpu is not None else "CPU"
+    if not r.plan.gpu_known:
+        return (
+            f"{label}: quantization {c.quantization} (requested {r.plan.requested}) on {where}: "
+            f"{c.total_bytes / GIB:.1f} GiB per replica, fit NOT checked ({r.plan.reason})"
+        )
     line = (
         f"{label}: quantization {c.quantization} (requested {r.plan.requested}) on {where}: "
         f"{c.total_bytes / GIB:.1f} GiB of {c.usable_bytes / GIB:.1f} GiB usable, "

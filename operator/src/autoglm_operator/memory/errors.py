@@ -14,3 +14,20 @@ class MemoryFitError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+# How to get a fit check when the GPU is unknown (the same words in status, Events and the CLI).
+GPU_UNKNOWN_HINT = (
+    "set spec.resources.gpu.product (e.g. NVIDIA-L4) or spec.resources.gpu.memory (e.g. 24Gi), "
+    "or label the GPU nodes with GPU feature discovery (nvidia.com/gpu.product, nvidia.com/gpu.memory)"
+)
+
+
+class GpuUnknownError(MemoryFitError):
+    """Neither the spec nor any node label tells the GPU's memory."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "spec.resources.gpu.product",
+            f"the GPU is unknown: no product or memory in the spec and no node label says it; {GPU_UNKNOWN_HINT}",
+        )

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
-from autoglm_operator.memory.errors import MemoryFitError
+from autoglm_operator.memory.errors import GpuUnknownError, MemoryFitError
 from autoglm_operator.memory.types import MIB, GpuInfo
 
 # GPU-feature-discovery labels (https://github.com/NVIDIA/k8s-device-plugin, gpu-feature-discovery).
@@ -208,11 +208,7 @@ def resolve_gpu(gpu_spec: object, node_gpu: GpuInfo | None = None) -> GpuInfo | 
             "set spec.resources.gpu.memory (e.g. 24Gi) and computeCapability (e.g. 8.9)",
         )
     else:
-        raise MemoryFitError(
-            "spec.resources.gpu.product",
-            "no GPU memory to plan against: set spec.resources.gpu.product (e.g. NVIDIA-L4) "
-            "or spec.resources.gpu.memory (e.g. 24Gi)",
-        )
+        raise GpuUnknownError()
 
     if cc_text:
         cc: tuple[int, int] | None = parse_compute_capability(cc_text)

@@ -12,7 +12,7 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from autoglm_operator.memory.catalog import catalog_names, lookup_model
-from autoglm_operator.memory.errors import MemoryFitError
+from autoglm_operator.memory.errors import GPU_UNKNOWN_HINT, GpuUnknownError, MemoryFitError
 from autoglm_operator.memory.estimator import MODES, Workload, estimate
 from autoglm_operator.memory.gpus import parse_quantity, resolve_gpu
 from autoglm_operator.memory.types import GIB, Estimate, GpuInfo, MemoryPlan, ModelShape, format_gib, gib
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from autoglm_operator.api import AutoGLMDeploymentSpec, ModelSpec
 
 AUTO_ORDER = ("bf16", "fp16", "int8", "nf4")
+UNKNOWN_GPU = "unknown GPU"
 _HINT_FIELDS = ("parameters", "num_layers", "num_kv_heads", "head_dim", "hidden_size", "vocab_size")
 _HINT_CAMEL = {
     "parameters": "parameters",
@@ -147,7 +148,17 @@ def plan_memory(
     """Plan one replica of ``spec``: resolve the model shape and the GPU, estimate every mode, pick one."""
     shape = resolve_shape(spec.model, allow_network=allow_network, token=token)
     gpu_spec = spec.resources.gpu
-    gpu = resolve_gpu(gpu_spec, node_gpu)
+    try:
+        gpu = resolve_gpu(gpu_spec, node_gpu)
+    except GpuUnknownError as exc:
+        if spec.quantization.value == "auto":
+            raise MemoryFitError(
+                exc.field,
+                "quantization auto cannot choose a mode without knowing the GPU: the spec names no GPU "
+                f"product or memory and no node label says it; {GPU_UNKNOWN_HINT} (or set an explicit "
+                "spec.quantization to deploy without a fit check)",
+            ) from None
+        return _plan_unknown_gpu(spec, shape)
     count = gpu_spec.count if gpu is not None else 0
     workload = Workload(
         spec.serving.max_batch_size, spec.serving.max_input_tokens, spec.serving.max_new_tokens
@@ -216,6 +227,48 @@ def plan_memory(
         reason += f" ({chosen.note})"
     return MemoryPlan(
         shape=shape, gpu=gpu, gpu_count=count, requested=requested, chosen=chosen, table=table, reason=reason
+    )
+
+
+def _plan_unknown_gpu(spec: AutoGLMDeploymentSpec, shape: ModelShape) -> MemoryPlan:
+    """An explicit mode on a GPU nobody described: what the replica needs, and no verdict."""
+    gpu = GpuInfo(UNKNOWN_GPU, 0)
+    count = spec.resources.gpu.count
+    workload = Workload(
+        spec.serving.max_batch_size, spec.serving.max_input_tokens, spec.serving.max_new_tokens
+    )
+    options = spec.quantization_options
+    table = [
+        estimate(
+            shape,
+            mode,
+            gpu,
+            count,
+            workload=workload,
+            gpu_memory_percent=spec.memory.gpu_memory_percent,
+            headroom_percent=spec.memory.headroom_percent,
+            double_quant=options.double_quant if options else True,
+            compute_dtype=options.compute_dtype.value if options else "bf16",
+        )
+        for mode in MODES
+    ]
+    chosen = next(e for e in table if e.quantization == spec.quantization.value)
+    per_gpu = chosen.total_bytes / max(count, 1) / (spec.memory.gpu_memory_percent / 100)
+    per_gpu /= 1 - spec.memory.headroom_percent / 100
+    reason = (
+        f"{chosen.quantization} needs {gib(chosen.total_bytes)} GiB per replica (GPUs with >= "
+        f"{per_gpu / GIB:.0f} GiB each at these percentages); not checked against the GPU, which is "
+        f"unknown: to get a fit check, {GPU_UNKNOWN_HINT}"
+    )
+    return MemoryPlan(
+        shape=shape,
+        gpu=gpu,
+        gpu_count=count,
+        requested=spec.quantization.value,
+        chosen=chosen,
+        table=table,
+        reason=reason,
+        gpu_known=False,
     )
 
 

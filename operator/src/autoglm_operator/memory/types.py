@@ -156,10 +156,12 @@ class MemoryPlan:
     chosen: Estimate  # the mode pods will run (for an explicit mode: that mode, fitting or not)
     table: list[Estimate] = field(default_factory=list)  # every mode, for the CLI table
     reason: str = ""  # one line for status/Events: why this mode, or why nothing fits
+    gpu_known: bool = True  # False: an explicit mode on a GPU nobody described; no fit check
 
     @property
     def fits(self) -> bool:
-        return self.chosen.fits
+        """The chosen mode fits the budget (always False when the GPU is unknown: see ``gpu_known``)."""
+        return self.gpu_known and self.chosen.fits
 
     @property
     def quantization(self) -> str:
