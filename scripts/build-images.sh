@@ -17,7 +17,9 @@
 #
 # Environment: ENGINE=docker|buildah (default: docker when `docker info` works),
 # BASE_IMAGE (skips debootstrap), PYTHON (host interpreter for pip, default .venv/bin/python).
-set -euo pipefail
+set -Eeuo pipefail
+# Every failing step says what failed (a bare `exit 2` under pipefail once left CI with no clue).
+trap 'echo "build-images: failed (exit $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
 cd "$(dirname "$0")/.."
 REPO=$PWD
 
@@ -53,6 +55,14 @@ if [ -z "${ENGINE:-}" ]; then
   if command -v docker > /dev/null && docker info > /dev/null 2>&1; then ENGINE=docker; else ENGINE=buildah; fi
 fi
 log() { printf '[build-images %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+logged() {  # logged LOGFILE WHAT COMMAND...: output to LOGFILE; on failure say WHAT and show its tail
+  local file=$1 what=$2; shift 2
+  if ! "$@" >> "$file" 2>&1; then
+    echo "build-images: $what failed; the end of $file:" >&2
+    tail -n 30 "$file" >&2
+    return 1
+  fi
+}
 START=$SECONDS
 
 # Podman/buildah flags for this kind of host: vfs storage (no overlay in a VM without fuse),
@@ -81,14 +91,17 @@ if [ -z "${BASE_IMAGE:-}" ]; then
   BASE_IMAGE=localhost/autoglm-base:bookworm
   if ! podman_ image exists "$BASE_IMAGE"; then
     command -v debootstrap > /dev/null || { echo "debootstrap is missing: apt-get install -y debootstrap" >&2; exit 1; }
-    MIRROR=$(grep -rhoE 'https?://[^ ]+/debian/?' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
-      | grep -v security | head -1)
-    MIRROR=${MIRROR:-http://deb.debian.org/debian}
+    # The mirror apt itself resolves (scripts/debian-mirror.sh reads `apt-get indextargets`).
+    MIRROR=$(scripts/debian-mirror.sh bookworm) || {
+      MIRROR=http://deb.debian.org/debian
+      log "no Debian mirror found in apt's sources (see above); trying $MIRROR"
+    }
     log "making $BASE_IMAGE with debootstrap from $MIRROR"
     ROOTFS=$WORK/rootfs
     rm -rf "$ROOTFS"
-    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$ROOTFS" "$MIRROR" \
-      > "$WORK/debootstrap.log"
+    : > "$WORK/debootstrap.log"
+    logged "$WORK/debootstrap.log" "debootstrap of bookworm from $MIRROR" \
+      debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$ROOTFS" "$MIRROR"
     rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/lib/apt/lists/*
     tar -C "$ROOTFS" -c . | podman_ import --change 'CMD ["/bin/bash"]' - "$BASE_IMAGE" > /dev/null
     rm -rf "$ROOTFS"
@@ -102,13 +115,14 @@ PIP=("$PYTHON" -m pip --disable-pip-version-check -q)
 PROJECT=$WORK/project
 : > "$WORK/pip.log"
 rm -rf "$PROJECT" && mkdir -p "$PROJECT"
-"${PIP[@]}" wheel --no-deps -w "$PROJECT" . 2>> "$WORK/pip.log"
+logged "$WORK/pip.log" "building the project wheel" "${PIP[@]}" wheel --no-deps -w "$PROJECT" .
 WHEEL=$(ls "$PROJECT"/autoglm-*.whl)
 wheelhouse() {  # wheelhouse NAME REQUIREMENT...
   local dir=$WORK/wheelhouse-$1; shift
   mkdir -p "$dir"
   cp "$WHEEL" "$dir/"
-  "${PIP[@]}" download --only-binary :all: -d "$dir" "$@" 2>> "$WORK/pip.log"
+  logged "$WORK/pip.log" "downloading wheels for the $(basename "$dir") image" \
+    "${PIP[@]}" download --only-binary :all: -d "$dir" "$@"
 }
 wheelhouse operator "$WHEEL[operator]"
 if [ "$VARIANT" = cpu ]; then
@@ -139,11 +153,13 @@ bud() { buildah "${STORAGE[@]}" bud --isolation chroot "${ULIMITS[@]}" --layers=
 # vfs keeps every superseded image in full (GBs): remember them, drop them once re-tagged.
 OLD_IMAGES=$(podman_ images -q "$OPERATOR_IMAGE" "$RUNTIME_IMAGE" 2>/dev/null || true)
 T=$SECONDS
-bud -f operator/Dockerfile -t "$OPERATOR_IMAGE" "$OPERATOR_CONTEXT" > "$WORK/build-operator.log"
+: > "$WORK/build-operator.log" && : > "$WORK/build-runtime.log"
+logged "$WORK/build-operator.log" "building $OPERATOR_IMAGE" bud -f operator/Dockerfile -t "$OPERATOR_IMAGE" "$OPERATOR_CONTEXT"
 log "built $OPERATOR_IMAGE in $((SECONDS - T)) s"
 T=$SECONDS
-bud -f runtime/Dockerfile --build-arg TORCH_VERSION="$TORCH_VERSION" -t "$RUNTIME_IMAGE" "$(context runtime)" \
-  > "$WORK/build-runtime.log"
+RUNTIME_CONTEXT=$(context runtime)
+logged "$WORK/build-runtime.log" "building $RUNTIME_IMAGE" \
+  bud -f runtime/Dockerfile --build-arg TORCH_VERSION="$TORCH_VERSION" -t "$RUNTIME_IMAGE" "$RUNTIME_CONTEXT"
 log "built $RUNTIME_IMAGE in $((SECONDS - T)) s"
 for id in $OLD_IMAGES; do
   [ -z "$(podman_ images -q --filter "id=$id" --filter dangling=true)" ] || podman_ rmi "$id" > /dev/null || true
