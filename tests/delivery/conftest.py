@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -17,7 +18,9 @@ from tests.conftest import REPO
 
 CHART = REPO / "charts" / "autoglm-operator"
 NAMESPACE = "autoglm-system"
-KUBE_VERSION = "1.29.0"  # the oldest minor the chart is validated against (kubeVersion is >=1.27)
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion ">=X.Y.Z-0"): everything is
+# validated against that version's schemas.
+KUBE_VERSION = re.search(r'kubeVersion: ">=(\d+\.\d+\.\d+)', (CHART / "Chart.yaml").read_text()).group(1)  # type: ignore[union-attr]
 
 
 def helm_binary() -> str | None:

@@ -51,22 +51,28 @@ NAMESPACED_PEERING = Kind("kopf.dev/v1", "KopfPeering", "kopfpeerings")
 class Replica:
     """One operator process, as one pod of the chart's Deployment."""
 
-    def __init__(self, pod: str, log_dir: Path, scope: list[str]) -> None:
+    def __init__(
+        self, pod: str, log_dir: Path, args: list[str], *, peering: bool = True, kubeconfig: Path | None = None
+    ) -> None:
+        """``args`` after ``run``; ``peering`` adds this module's peering flags (the cluster tests
+        pass the chart's own arguments instead)."""
         self.pod = pod
         self.log = log_dir / f"{pod}.log"
         env = {**os.environ, "POD_ID": pod, "PYTHONUNBUFFERED": "1"}
-        argv = [
-            sys.executable,
-            "-m",
-            "autoglm_operator.cli",
-            "run",
-            *scope,
-            f"--peering={PEERING}",
-            f"--peering-lifetime={LIFETIME}",
-            "--liveness-port=0",
-            "--metrics-port=0",
-            "--log-format=text",
-        ]
+        if kubeconfig is not None:
+            env["KUBECONFIG"] = str(kubeconfig)
+        extra = (
+            [
+                f"--peering={PEERING}",
+                f"--peering-lifetime={LIFETIME}",
+                "--liveness-port=0",
+                "--metrics-port=0",
+                "--log-format=text",
+            ]
+            if peering
+            else []
+        )
+        argv = [sys.executable, "-m", "autoglm_operator.cli", "run", *args, *extra]
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
 
