@@ -52,7 +52,13 @@ class Replica:
     """One operator process, as one pod of the chart's Deployment."""
 
     def __init__(
-        self, pod: str, log_dir: Path, args: list[str], *, peering: bool = True, kubeconfig: Path | None = None
+        self,
+        pod: str,
+        log_dir: Path,
+        args: list[str],
+        *,
+        peering: bool = True,
+        kubeconfig: Path | None = None,
     ) -> None:
         """``args`` after ``run``; ``peering`` adds this module's peering flags (the cluster tests
         pass the chart's own arguments instead)."""
