@@ -182,7 +182,7 @@ def test_chart_installs_and_two_replicas_elect_one_then_fail_over(
         # standby's log shows no apply.
         assert "Applied Deployment" not in younger.log.read_text(), younger.tail()
         cond = _wait(lambda: _condition(kube, namespace, "first", "MemoryFit"), "MemoryFit")
-        assert cond["status"] == "Unknown" and cond["reason"] == "GpuUnknown", cond
+        assert (cond["status"], cond["reason"]) == ("Unknown", "GpuUnknown"), cond
 
         older.kill()
         killed = time.monotonic()
