@@ -11,20 +11,10 @@ import yaml
 
 from autoglm_operator import api
 from autoglm_operator.crd import crd, crd_yaml
-from autoglm_operator.crd_bounds import unboundable_constructs, unbounded_nodes
+from autoglm_operator.crd_bounds import unboundable_constructs, unbounded_nodes, walk
 from tests.conftest import REPO
 
 CRD_FILE = REPO / "crds" / "autoglm.io_autoglmdeployments.yaml"
-
-
-def _nodes(node: dict[str, Any], path: str = ""):
-    yield path, node
-    for name, sub in node.get("properties", {}).items():
-        yield from _nodes(sub, f"{path}.{name}")
-    if isinstance(node.get("items"), dict):
-        yield from _nodes(node["items"], f"{path}[]")
-    if isinstance(node.get("additionalProperties"), dict):
-        yield from _nodes(node["additionalProperties"], f"{path}{{}}")
 
 
 def schema() -> dict[str, Any]:
@@ -40,7 +30,7 @@ def test_crd_is_a_valid_kubernetes_object():
 
 
 def test_schema_is_structural():
-    for path, node in _nodes(schema()):
+    for path, node in walk(schema()):
         assert "type" in node, f"{path} has no type"
         for forbidden in ("anyOf", "oneOf", "allOf", "$ref", "$defs", "title", "nullable"):
             assert forbidden not in node, f"{path} uses {forbidden}"
@@ -50,7 +40,7 @@ def test_schema_is_structural():
 
 def test_every_spec_and_status_property_is_described():
     for root in ("spec", "status"):
-        for path, node in _nodes(schema()["properties"][root], root):
+        for path, node in walk(schema()["properties"][root], root):
             if path.endswith(("[]", "{}")):
                 continue  # list items and map values are described by their field
             assert node.get("description"), f"{path} has no description (kubectl explain shows nothing)"
@@ -90,7 +80,7 @@ def test_enums_bounds_and_defaults_are_in_the_schema():
 
 
 def test_cel_rules_compile_and_cover_the_required_constraints():
-    rules = [r for _, node in _nodes(schema()) for r in node.get("x-kubernetes-validations", [])]
+    rules = [r for _, node in walk(schema()) for r in node.get("x-kubernetes-validations", [])]
     env = celpy.Environment()
     for r in rules:
         env.compile(r["rule"])
@@ -106,7 +96,7 @@ def test_cel_rules_compile_and_cover_the_required_constraints():
 def test_every_string_list_and_map_is_bounded():
     """A real API server estimates CEL cost from these bounds; without them it refuses the CRD."""
     assert unbounded_nodes(schema()) == []
-    opaque = [p for p, n in _nodes(schema()) if n.get("x-kubernetes-preserve-unknown-fields")]
+    opaque = [p for p, n in walk(schema()) if n.get("x-kubernetes-preserve-unknown-fields")]
     assert opaque == [".spec.scheduling.affinity"], "a new opaque node needs a reason in docs/operator.md"
 
 

@@ -28,7 +28,7 @@ from autoglm_operator.kube import KINDS, ApiError, Kind, Kube, load_configuratio
 from tests.conftest import EXAMPLES, REPO
 
 from .conftest import CLUSTER
-from .test_operator_peering import Replica
+from .test_operator_peering import Replica, running
 
 pytestmark = [
     pytest.mark.cluster,
@@ -166,7 +166,7 @@ def test_chart_installs_and_two_replicas_elect_one_then_fail_over(
     time.sleep(3)  # the older replica leads
     younger = Replica("operator-b", tmp_path, args, peering=False, kubeconfig=kubeconfig)
     replicas.append(younger)
-    try:
+    with running(replicas):
         peering_name = next(a.split("=", 1)[1] for a in args if a.startswith("--peering="))
 
         def members() -> dict[str, Any]:
@@ -193,13 +193,6 @@ def test_chart_installs_and_two_replicas_elect_one_then_fail_over(
             TAKEOVER_BOUND,
         )
         print(f"takeover after SIGKILL: {time.monotonic() - killed:.1f}s (chart lifetime 15s)")
-    except BaseException:
-        for r in replicas:
-            print(f"--- {r.pod} ---\n{r.tail()}")
-        raise
-    finally:
-        for r in replicas:
-            r.stop()
 
 
 def test_every_example_reaches_progressing(chart: dict[str, Any], kube: Kube, tmp_path: Path) -> None:

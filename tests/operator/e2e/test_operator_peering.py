@@ -17,11 +17,13 @@ tests then time out waiting for the first Deployment.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +104,20 @@ class Replica:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
 
 
+@contextlib.contextmanager
+def running(replicas: list[Replica]) -> Iterator[list[Replica]]:
+    """Stop every replica at the end; on a failure print the end of each one's log first."""
+    try:
+        yield replicas
+    except BaseException:
+        for r in replicas:
+            print(f"--- {r.pod} ---\n{r.tail()}")
+        raise
+    finally:
+        for r in replicas:
+            r.stop()
+
+
 def child_applies(emulator: ApiEmulator, replica: Replica) -> dict[tuple[str, str], int]:
     return {
         (verb, target): n
@@ -135,7 +151,7 @@ async def _scenario(harness: Harness, tmp_path: Path, *, namespaced: bool) -> No
 
     older = Replica("operator-a", tmp_path, scope)
     replicas = [older]
-    try:
+    with running(replicas):
         await harness.eventually(
             lambda: _has_member(harness, kind, peering_ns, older.pod), "replica a in the peering", STARTUP
         )
@@ -174,13 +190,6 @@ async def _scenario(harness: Harness, tmp_path: Path, *, namespaced: bool) -> No
         took = time.monotonic() - killed
         assert child_applies(harness.emulator, younger).get(("apply", "deployments")) == 1
         print(f"takeover after SIGKILL: {took:.1f}s (lifetime {LIFETIME}s)")
-    except BaseException:
-        for r in replicas:
-            print(f"--- {r.pod} ---\n{r.tail()}")
-        raise
-    finally:
-        for r in replicas:
-            r.stop()
 
 
 async def _has_member(harness: Harness, kind: Kind, namespace: str | None, pod: str) -> bool:
