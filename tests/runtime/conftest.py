@@ -60,3 +60,37 @@ def make_engine(tiny_loaded: Any) -> Iterator[Any]:
     yield make
     for engine in engines:
         engine.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random GLM-4V (the AutoGLM-Phone-9B architecture) of ~1 MB with its image processor."""
+    from autoglm_runtime.devmodels import build_tiny_glm4v
+
+    return build_tiny_glm4v(tmp_path_factory.mktemp("tiny-glm4v"))
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_loaded(tiny_vlm_dir: Path) -> Any:
+    """The tiny GLM-4V loaded in fp32 (shared: engines only read it)."""
+    from autoglm_runtime.loader import load_model
+    from autoglm_runtime.settings import RuntimeSettings
+
+    return load_model(RuntimeSettings(model=str(tiny_vlm_dir), served_model_name="autoglm-phone-9b"))
+
+
+def png_data_url(
+    width: int, height: int, color: tuple[int, int, int] = (30, 120, 200), fmt: str = "PNG"
+) -> str:
+    """An image as the Open-AutoGLM client sends it: a base64 data URL."""
+    import base64
+    import io
+
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (width, height), color)
+    ImageDraw.Draw(image).rectangle((width // 4, height // 4, width // 2, height // 2), fill=(250, 250, 250))
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    mime = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}[fmt]
+    return f"data:image/{mime};base64," + base64.b64encode(buf.getvalue()).decode()

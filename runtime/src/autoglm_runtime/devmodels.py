@@ -110,6 +110,148 @@ def build_tiny_glm(
     return path
 
 
+# GLM-4.1V's special tokens (AutoGLM-Phone-9B uses the same): image placeholders and role markers.
+VLM_SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "[gMASK]",
+    "<sop>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|observation|>",
+    "<|begin_of_image|>",
+    "<|end_of_image|>",
+    "<|image|>",
+    "<|begin_of_video|>",
+    "<|end_of_video|>",
+    "<|video|>",
+    "<|pad|>",
+]
+
+# The shape of GLM-4.1V's template: string content or a list of parts; an image part becomes
+# <|begin_of_image|><|image|><|end_of_image|> (the runtime expands <|image|> to the image's tokens).
+VLM_CHAT_TEMPLATE = (
+    "[gMASK]<sop>"
+    "{% for message in messages %}<|{{ message['role'] }}|>\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<|begin_of_image|><|image|><|end_of_image|>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def build_tiny_glm4v(
+    path: str | Path,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 2,
+    kv_heads: int = 1,
+    vision_depth: int = 1,
+    vision_hidden: int = 32,
+    vocab_size: int = 600,
+    seed: int = 0,
+) -> Path:
+    """A random GLM-4V (``Glm4vForConditionalGeneration``, as AutoGLM-Phone-9B) of a few hundred kB,
+    with the released checkpoints' image processor settings (patch 14, merge 2, temporal patch 2,
+    shortest edge 12544 / longest edge 9633792 pixels) and a chat template that takes content lists.
+    Several EOS ids in its generation_config, as the real model has."""
+    import json
+
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (
+        Glm4vConfig,
+        Glm4vForConditionalGeneration,
+        Glm4vImageProcessorPil,
+        PreTrainedTokenizerFast,
+    )
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=VLM_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<|pad|>",
+        eos_token="<|endoftext|>",
+        padding_side="left",
+        chat_template=VLM_CHAT_TEMPLATE,
+    )
+    ids: dict[str, int] = {t: int(tokenizer.convert_tokens_to_ids(t)) for t in VLM_SPECIAL_TOKENS}  # type: ignore[arg-type]
+    eos = [ids["<|endoftext|>"], ids["<|user|>"], ids["<|observation|>"]]
+    head_dim = hidden // heads
+    config = Glm4vConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": hidden,
+            "intermediate_size": hidden * 2,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "num_key_value_heads": kv_heads,
+            "head_dim": head_dim,
+            "max_position_embeddings": 32768,
+            # mrope sections (temporal, height, width) of the rotary half of the head: 2/3/3 of 8, as
+            # GLM-4.1V's 8/12/12 of 32 (head_dim 128, partial rotary 0.5)
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "mrope_section": [2, 3, 3],
+                "partial_rotary_factor": 0.5,
+            },
+            "pad_token_id": ids["<|pad|>"],
+            "eos_token_id": eos,
+        },
+        vision_config={
+            "depth": vision_depth,
+            "hidden_size": vision_hidden,
+            "intermediate_size": vision_hidden * 2,
+            "num_heads": 2,
+            "out_hidden_size": hidden,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "image_size": 336,
+        },
+        image_token_id=ids["<|image|>"],
+        video_token_id=ids["<|video|>"],
+        image_start_token_id=ids["<|begin_of_image|>"],
+        image_end_token_id=ids["<|end_of_image|>"],
+        video_start_token_id=ids["<|begin_of_video|>"],
+        video_end_token_id=ids["<|end_of_video|>"],
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = Glm4vForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = eos
+    model.generation_config.pad_token_id = ids["<|pad|>"]
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    processor = Glm4vImageProcessorPil(  # type: ignore[call-arg]  # processor kwargs, untyped
+        size={"shortest_edge": 12544, "longest_edge": 9633792},
+        patch_size=14,
+        temporal_patch_size=2,
+        merge_size=2,
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+    processor.save_pretrained(path)
+    # The released checkpoints name the image processor class the torchvision-backed way.
+    pre = json.loads((path / "preprocessor_config.json").read_text())
+    pre["image_processor_type"] = "Glm4vImageProcessor"
+    (path / "preprocessor_config.json").write_text(json.dumps(pre, indent=2) + "\n")
+    return path
+
+
 def build_random_glm(path: str | Path, target_params: int = 150_000_000, seed: int = 0) -> Path:
     """A random GLM of about ``target_params`` parameters (hidden 768, enough layers), for benchmarks."""
     hidden, heads, kv_heads = 768, 12, 4

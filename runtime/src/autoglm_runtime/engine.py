@@ -97,6 +97,10 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     min_tokens: int = 0  # EOS is suppressed until this many tokens (useful with random test models)
+    # OpenAI's penalties: logits of already generated tokens lose count x frequency_penalty
+    # + (count > 0) x presence_penalty (not a multiplicative repetition penalty).
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -153,6 +157,8 @@ class _Request:
     generator: Any = None  # torch.Generator for sampling rows
     first_token_at: float | None = None
     submitted_at: float = field(default_factory=time.perf_counter)
+    images: Any = None  # vision.MultiModalInputs of an image request
+    rope_delta: int = 0  # multimodal rotary position offset after the images (set at prefill)
 
     def emit(self, delta: Delta) -> None:
         try:
@@ -225,12 +231,18 @@ class ModelRunner:
     tensors; rows are left-padded so every row's newest token is at the same position.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, device: str | None = None) -> None:
+    def __init__(self, model: Any, tokenizer: Any, device: str | None = None, vision: Any = None) -> None:
         import torch
 
         self.torch = torch
         self.model = model
         self.tokenizer = tokenizer
+        # Image-text-to-text models with multimodal rotary positions (GLM-4V, Qwen2-VL style): each
+        # row's positions come from ``get_rope_index``; after its images a row's text positions are
+        # offset by a per-row delta, which every decode step applies (rows of a batch differ).
+        self.vision = vision
+        inner = getattr(model, "model", None)
+        self.multimodal = vision is not None and hasattr(inner, "get_rope_index")
         self.device = device or str(model.get_input_embeddings().weight.device)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         eos: set[int] = set()
@@ -245,8 +257,17 @@ class ModelRunner:
         params = inspect.signature(model.forward).parameters
         self.cache_arg = "cache" if "cache" in params else "past_key_values"
 
-    def prefill(self, prompts: Sequence[list[int]]) -> tuple[Any, Any, Any]:
-        """Run the prompts together; returns (last-position logits [B, V], attention mask [B, T], cache)."""
+    def prefill(
+        self,
+        prompts: Sequence[list[int]],
+        images: Sequence[Any] | None = None,
+        deltas_out: list[int] | None = None,
+    ) -> tuple[Any, Any, Any]:
+        """Run the prompts together; returns (last-position logits [B, V], attention mask [B, T], cache).
+
+        With a multimodal model, ``images`` holds each row's ``MultiModalInputs`` (or None) and
+        ``deltas_out`` receives each row's rotary position delta for :meth:`decode`.
+        """
         torch = self.torch
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
@@ -255,17 +276,41 @@ class ModelRunner:
             ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
             mask[row, width - len(prompt) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        extra: dict[str, Any] = {}
+        if self.multimodal:
+            rows = [m for m in (images or []) if m is not None]
+            grid = torch.cat([m.image_grid_thw for m in rows], dim=0).to(self.device) if rows else None
+            if rows:
+                extra["pixel_values"] = torch.cat([m.pixel_values for m in rows], dim=0).to(self.device)
+                extra["image_grid_thw"] = grid
+            kinds = (ids == self.vision.image_token_id).int()
+            positions, deltas = self.model.model.get_rope_index(ids, kinds, grid, attention_mask=mask)
+            if deltas_out is not None:
+                deltas_out[:] = [int(d) for d in deltas.reshape(-1).tolist()]
+        else:
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **extra,
         )
         return out.logits[:, -1, :].float(), mask, _cache_of(out)
 
-    def decode(self, tokens: list[int], mask: Any, cache: Any) -> tuple[Any, Any, Any]:
+    def decode(
+        self, tokens: list[int], mask: Any, cache: Any, deltas: Sequence[int] | None = None
+    ) -> tuple[Any, Any, Any]:
         """Feed one token per row; returns (logits [B, V], the grown mask, the grown cache)."""
         torch = self.torch
         ids = torch.tensor(tokens, dtype=torch.long, device=self.device).unsqueeze(-1)
         positions = mask.sum(-1, keepdim=True)
+        if self.multimodal:
+            offsets = torch.tensor(
+                list(deltas or [0] * len(tokens)), dtype=torch.long, device=positions.device
+            )
+            positions = (positions + offsets.unsqueeze(-1)).unsqueeze(0).expand(3, -1, -1)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
         out = self.model(
             input_ids=ids,
@@ -326,6 +371,15 @@ class ModelRunner:
     def sample(self, logits: Any, requests: Sequence[_Request]) -> list[int]:
         """One token per row with that row's own temperature/top_p/seed; EOS masked below min_tokens."""
         torch = self.torch
+        for row, r in enumerate(requests):
+            p = r.params
+            if r.generated and (p.frequency_penalty or p.presence_penalty):
+                counts = torch.bincount(
+                    torch.tensor(r.generated, device=logits.device), minlength=logits.shape[-1]
+                )[: logits.shape[-1]].to(logits.dtype)
+                logits[row] -= (
+                    counts * p.frequency_penalty + (counts > 0).to(logits.dtype) * p.presence_penalty
+                )
         if self.eos_ids:
             eos = torch.tensor(sorted(self.eos_ids), device=logits.device)
             for row, r in enumerate(requests):
@@ -473,14 +527,27 @@ class Engine:
             raise InvalidRequestError("prompt is empty")
         return ids
 
-    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
+    def chat_prompt(self, messages: list[dict[str, Any]], images: Any = None) -> list[int]:
+        """Token ids of a chat (``content`` a string, or a list of ``text``/``image`` parts for a
+        vision model); with ``images`` (their MultiModalInputs) each image placeholder the template
+        writes is expanded to that image's tokens."""
         if self.tokenizer is None:
             raise EngineNotReadyError("the model is still loading")
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         # The template already holds the BOS token where the model wants one.
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if images is not None:
+            ids = self.vision.expand(ids, images)
+        return ids
 
-    async def submit(self, prompt: str | list[int], params: SamplingParams) -> RequestHandle:
+    @property
+    def vision(self) -> Any:
+        """The model's VisionProcessor, or None for a text-only model (or while loading)."""
+        return getattr(self.runner, "vision", None)
+
+    async def submit(
+        self, prompt: str | list[int], params: SamplingParams, images: Any = None
+    ) -> RequestHandle:
         """Queue a request (text, or token ids from :meth:`chat_prompt`); raises a typed error at once
         when it cannot be served (not ready, prompt too long, queue full)."""
         if not self.ready or self._stopping:
@@ -504,6 +571,7 @@ class Engine:
             raise ModelUnavailableError(f"{exc}; retry later", exc.retry_after_s) from None
         request = _Request(
             prompt_ids=ids,
+            images=images,
             params=params,
             loop=asyncio.get_running_loop(),
             queue=asyncio.Queue(),
@@ -583,7 +651,13 @@ class Engine:
             for observer in self.batch_observers:
                 observer(len(rows))
             try:
-                logits, mask, cache = runner.decode([r.generated[-1] for r in rows], mask, cache)
+                last = [r.generated[-1] for r in rows]
+                if getattr(runner, "multimodal", False):
+                    logits, mask, cache = runner.decode(
+                        last, mask, cache, deltas=[r.rope_delta for r in rows]
+                    )
+                else:
+                    logits, mask, cache = runner.decode(last, mask, cache)
                 tokens = runner.sample(logits, rows)
             except Exception as exc:  # noqa: BLE001 - any model failure fails these rows only
                 mask = cache = logits = None
@@ -642,7 +716,16 @@ class Engine:
                     self._finish(r, ModelUnavailableError("the model keeps failing; retry later", retry))
                 continue
             try:
-                logits, new_mask, new_cache = runner.prefill([r.prompt_ids + r.generated for r in group])
+                prompts = [r.prompt_ids + r.generated for r in group]
+                if getattr(runner, "multimodal", False):
+                    deltas: list[int] = []
+                    logits, new_mask, new_cache = runner.prefill(
+                        prompts, images=[r.images for r in group], deltas_out=deltas
+                    )
+                    for r, delta in zip(group, deltas, strict=True):
+                        r.rope_delta = delta
+                else:
+                    logits, new_mask, new_cache = runner.prefill(prompts)
                 tokens = runner.sample(logits, group)
             except Exception as exc:  # noqa: BLE001 - any model failure fails these rows only
                 self._step_failed(exc, group)

@@ -53,6 +53,7 @@ class LoadedModel:
     load_seconds: float
     memory_bytes: int  # model.get_memory_footprint()
     plan: MemoryPlan
+    vision: Any = None  # a vision.VisionProcessor for image-text-to-text models, else None
 
 
 def served_name(settings: RuntimeSettings) -> str:
@@ -129,7 +130,23 @@ def check_hardware(settings: RuntimeSettings, plan: MemoryPlan) -> None:
             )
 
 
-def from_pretrained_kwargs(settings: RuntimeSettings, plan: MemoryPlan) -> dict[str, Any]:
+# Module names of vision towers and projectors: bitsandbytes leaves them (and lm_head) 16-bit.
+# Quantizing a ViT costs the precision a phone agent's tap coordinates depend on, for little memory.
+VISION_MODULES = ("visual", "vision_tower", "vision_model", "multi_modal_projector", "mm_projector")
+
+
+def is_vision_config(config: Any) -> bool:
+    """Whether ``config`` describes a model transformers maps to image-text-to-text."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    return getattr(config, "model_type", None) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES and hasattr(
+        config, "vision_config"
+    )
+
+
+def from_pretrained_kwargs(
+    settings: RuntimeSettings, plan: MemoryPlan, *, vision: bool = False
+) -> dict[str, Any]:
     """The dtype/quantization/placement arguments of ``from_pretrained`` for these settings."""
     import torch
 
@@ -151,14 +168,19 @@ def from_pretrained_kwargs(settings: RuntimeSettings, plan: MemoryPlan) -> dict[
         from transformers import BitsAndBytesConfig
 
         compute = _torch_dtype(settings.compute_dtype)
+        # Only the language model's Linear layers are quantized (the skip list applies to 4-bit too).
+        # transformers matches these from the start of a module's full name (as regexes) or as a
+        # suffix: "(?:.*\\.)?visual" catches model.visual.* at any depth.
+        skip = ["lm_head", *(rf"(?:.*\.)?{m}" for m in VISION_MODULES)] if vision else None
         if q is Quantization.INT8:
-            config = BitsAndBytesConfig(load_in_8bit=True)
+            config = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
         else:
             config = BitsAndBytesConfig(
                 load_in_4bit=True,
                 bnb_4bit_quant_type=str(q),
                 bnb_4bit_use_double_quant=settings.double_quant,
                 bnb_4bit_compute_dtype=compute,
+                llm_int8_skip_modules=skip,
             )
         kwargs["quantization_config"] = config
         # Embeddings, norms and lm_head stay unquantized, in the compute dtype.
@@ -196,7 +218,7 @@ def load_model(settings: RuntimeSettings, *, plan: MemoryPlan | None = None) -> 
     """Load, check and warm up the model; raises :class:`ModelLoadError` on anything a user can fix."""
     # bitsandbytes logs on import (a missing optional module) and on every int8 forward pass.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # progress bars garble JSON logs
@@ -208,16 +230,34 @@ def load_model(settings: RuntimeSettings, *, plan: MemoryPlan | None = None) -> 
         check_weights(Path(source))
     check_hardware(settings, plan)
     apply_gpu_fraction(plan)
-    kwargs = from_pretrained_kwargs(settings, plan)
-    log.info("Loading %s (quantization %s)", source, settings.quantization)
+    hub = {
+        "revision": settings.revision,
+        "trust_remote_code": settings.trust_remote_code,
+        "cache_dir": str(settings.cache_dir) if settings.cache_dir is not None else None,
+    }
+    vision = None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
+        config = AutoConfig.from_pretrained(source, **hub)
+        has_vision = is_vision_config(config)
+        kwargs = from_pretrained_kwargs(settings, plan, vision=has_vision)
+        log.info(
+            "Loading %s (%s, quantization %s)",
             source,
-            revision=settings.revision,
-            trust_remote_code=settings.trust_remote_code,
-            cache_dir=kwargs.get("cache_dir"),
+            "image-text-to-text" if has_vision else "causal LM",
+            settings.quantization,
         )
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, **hub)
+        if has_vision:
+            from autoglm_runtime.vision import VisionProcessor, load_image_processor
+
+            model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
+            vision = VisionProcessor(
+                load_image_processor(source, **{k: v for k, v in hub.items() if k != "trust_remote_code"}),
+                model.config.image_token_id,
+                settings.max_image_pixels,
+            )
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except ModelLoadError:
         raise
     except (OSError, ValueError, RuntimeError, ImportError, KeyError) as exc:
@@ -233,7 +273,7 @@ def load_model(settings: RuntimeSettings, *, plan: MemoryPlan | None = None) -> 
     _prepare_tokenizer(tokenizer, model)
     device = input_device(model)
     if settings.warmup:
-        warm_up(model, tokenizer, device)
+        warm_up(model, tokenizer, device, vision)
     loaded = LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -243,6 +283,7 @@ def load_model(settings: RuntimeSettings, *, plan: MemoryPlan | None = None) -> 
         load_seconds=time.perf_counter() - started,
         memory_bytes=int(model.get_memory_footprint()),
         plan=plan,
+        vision=vision,
     )
     log.info(
         "Loaded %s in %.1f s: %.1f MiB of weights on %s",
@@ -254,10 +295,25 @@ def load_model(settings: RuntimeSettings, *, plan: MemoryPlan | None = None) -> 
     return loaded
 
 
-def warm_up(model: Any, tokenizer: Any, device: str) -> None:
-    """One short generation, so the first request does not pay for lazy initialisation."""
+def warm_up(model: Any, tokenizer: Any, device: str, vision: Any = None) -> None:
+    """One short generation, so the first request does not pay for lazy initialisation; with a
+    vision model, one image request through the vision tower too."""
     import torch
 
     inputs = tokenizer(WARMUP_PROMPT, return_tensors="pt").to(device)
     with torch.inference_mode():
         model.generate(**inputs, max_new_tokens=2, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    if vision is None:
+        return
+    from PIL import Image
+
+    from autoglm_runtime.engine import ModelRunner
+
+    image = Image.new("RGB", (112, 112), (128, 128, 128))
+    mm = vision.prepare([image], ["warm-up"])
+    ids = vision.expand(
+        tokenizer(WARMUP_PROMPT, add_special_tokens=False)["input_ids"] + [vision.image_token_id], mm
+    )
+    runner = ModelRunner(model, tokenizer, device, vision=vision)
+    with torch.inference_mode():
+        runner.prefill([ids], images=[mm])

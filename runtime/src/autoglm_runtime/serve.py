@@ -108,7 +108,9 @@ class BackgroundLoader:
             self.metrics.model_loaded(loaded.load_seconds, loaded.memory_bytes)
             log.info("Ready: serving %s", loaded.name)
             # This thread becomes the engine's worker (see Engine.run_here for why).
-            self.engine.run_here(ModelRunner(loaded.model, loaded.tokenizer, loaded.device), loaded.name)
+            self.engine.run_here(
+                ModelRunner(loaded.model, loaded.tokenizer, loaded.device, vision=loaded.vision), loaded.name
+            )
         except ModelLoadError as exc:
             self._fail(str(exc))
         except Exception as exc:  # noqa: BLE001 - anything else still must stop the pod, clearly
