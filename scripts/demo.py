@@ -3,11 +3,13 @@
 1. validate every example CR offline (the CRD's schema + CEL rules + the operator's model);
 2. show what the operator would create for one of them, and its memory decision;
 3. serve the packaged small real model with the runtime (nf4 on CPU), ask it a question through
-   the OpenAI-compatible API, print the answer, the latency and a few metrics, and stop it.
+   the OpenAI-compatible API, print the answer, the latency and a few metrics, and stop it;
+4. send one phone-agent step (a 1080x2400 PNG screenshot, streamed) to a tiny random GLM-4V.
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -67,7 +69,12 @@ def render_example(name: str = "autoglm-phone-9b-nf4-autoscaling.yaml") -> None:
             )
         elif obj["kind"] == "ConfigMap":
             data = obj["data"]
-            keys = ("AUTOGLM_QUANTIZATION", "AUTOGLM_GPU_MEMORY_PERCENT", "AUTOGLM_HOST_MEMORY_PERCENT", "AUTOGLM_MODEL")
+            keys = (
+                "AUTOGLM_QUANTIZATION",
+                "AUTOGLM_GPU_MEMORY_PERCENT",
+                "AUTOGLM_HOST_MEMORY_PERCENT",
+                "AUTOGLM_MODEL",
+            )
             line += "  " + " ".join(f"{k}={data[k]}" for k in keys if k in data)
         elif obj["kind"] == "HorizontalPodAutoscaler":
             line += f"  {obj['spec']['minReplicas']}..{obj['spec']['maxReplicas']} replicas"
@@ -83,9 +90,37 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def serve_and_ask(question: str = "What is the capital of France?") -> None:
+def _serve(model: Path, *flags: str) -> tuple[subprocess.Popen[bytes], str, float]:
+    """Start ``autoglm-runtime serve`` on a free port and wait for /readyz; (process, base URL, seconds)."""
     import os
-    import subprocess
+    import time
+
+    import httpx
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    cmd = [
+        sys.executable, "-m", "autoglm_runtime.cli", "serve", "--model", str(model), *flags,
+        "--host", "127.0.0.1", "--port", str(port), "--log-format", "text", "--log-level", "WARNING",
+    ]  # fmt: skip
+    print("  $ autoglm-runtime serve --model", model.name, *flags, "--port", port)
+    proc = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    started = time.monotonic()
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"the runtime exited with code {proc.returncode} before it was ready")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return proc, base, time.monotonic() - started
+        except httpx.TransportError:
+            pass
+        if time.monotonic() - started > 300:
+            proc.terminate()
+            raise SystemExit("the runtime was not ready after 300 s")
+        time.sleep(0.5)
+
+
+def serve_and_ask(question: str = "What is the capital of France?") -> None:
     import time
 
     import httpx
@@ -94,29 +129,9 @@ def serve_and_ask(question: str = "What is the capital of France?") -> None:
     from autoglm_runtime.devmodels import packaged_smollm2
 
     step("3. Serve a real small model (SmolLM2-135M-Instruct, nf4 on CPU) and ask it a question")
-    model = packaged_smollm2()
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    cmd = [
-        sys.executable, "-m", "autoglm_runtime.cli", "serve", "--model", str(model), "--quantization", "nf4",
-        "--host", "127.0.0.1", "--port", str(port), "--log-format", "text", "--log-level", "WARNING",
-    ]  # fmt: skip
-    print("  $ autoglm-runtime serve --model", model.name, "--quantization nf4 --port", port)
-    proc = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc, base, ready_after = _serve(packaged_smollm2(), "--quantization", "nf4")
     try:
-        started = time.monotonic()
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"the runtime exited with code {proc.returncode} before it was ready")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() - started > 300:
-                raise SystemExit("the runtime was not ready after 300 s")
-            time.sleep(0.5)
-        print(f"  ready after {time.monotonic() - started:.1f} s (/healthz answered while it loaded)")
+        print(f"  ready after {ready_after:.1f} s (/healthz answered while it loaded)")
         client = OpenAI(base_url=f"{base}/v1", api_key="unused")
         t0 = time.monotonic()
         reply = client.chat.completions.create(
@@ -145,10 +160,62 @@ def serve_and_ask(question: str = "What is the capital of France?") -> None:
         print(f"  runtime stopped (exit code {proc.returncode})")
 
 
+def send_screenshot() -> None:
+    """One Open-AutoGLM-style step (a 1080x2400 PNG screenshot, streamed) to a tiny random GLM-4V."""
+    import base64
+    import io
+    import tempfile
+    import time
+
+    from openai import OpenAI
+    from PIL import Image, ImageDraw
+
+    from autoglm_runtime.devmodels import build_tiny_glm4v
+
+    step("4. A phone-agent step: one screenshot through the chat API to a vision model")
+    print("  (a tiny GLM-4V, the AutoGLM-Phone-9B architecture, with RANDOM weights: its answer is")
+    print("   noise; this shows the path a screenshot takes, not what the real model answers)")
+    folder = build_tiny_glm4v(Path(tempfile.mkdtemp(prefix="autoglm-demo-vlm-")))
+    proc, base, _ = _serve(folder, "--served-model-name", "autoglm-phone-9b", "--max-new-tokens", "16",
+                           "--max-input-tokens", "8192")  # fmt: skip
+    try:
+        screen = Image.new("RGB", (1080, 2400), (245, 245, 245))
+        ImageDraw.Draw(screen).rectangle((90, 300, 990, 420), fill=(30, 120, 200))
+        buf = io.BytesIO()
+        screen.save(buf, format="PNG")
+        url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+        client = OpenAI(base_url=f"{base}/v1", api_key="unused")
+        t0 = time.monotonic()
+        stream = client.chat.completions.create(
+            model="autoglm-phone-9b",
+            messages=[
+                {"role": "system", "content": "You are a phone agent. Reply with do(action=...) or finish(...)."},
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                             {"type": "text", "text": "** Screen Info **"}]},
+            ],  # fmt: skip
+            temperature=0.0, top_p=0.85, frequency_penalty=0.2, max_tokens=3000,
+            stream=True, stream_options={"include_usage": True},
+        )  # fmt: skip
+        usage = None
+        for chunk in stream:
+            usage = chunk.usage or usage
+        print(
+            f"  1080x2400 PNG ({len(url) / 1e3:.0f} kB as a data URL) streamed in {time.monotonic() - t0:.2f} s"
+        )
+        if usage:
+            print(
+                f"  {usage.prompt_tokens} prompt tokens (3354 of them the screenshot), {usage.completion_tokens} generated"
+            )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
 def main() -> int:
     validate_examples()
     render_example()
     serve_and_ask()
+    send_screenshot()
     return 0
 
 

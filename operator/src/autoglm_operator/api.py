@@ -338,6 +338,28 @@ class ServingSpec(ApiModel):
     )
     max_new_tokens: int = Field(512, ge=1, le=1048576, description="Most tokens generated per request.")
     request_timeout_seconds: int = Field(300, ge=1, le=86400, description="Wall-clock limit per request.")
+    max_body_bytes: int = Field(
+        20 * 1048576,
+        ge=1024,
+        le=1073741824,
+        description="Largest request body; larger → 413. 20 MiB holds a phone screenshot as a PNG data URL.",
+    )
+    max_images_per_request: int = Field(
+        10, ge=0, le=256, description="Images one chat request may carry (vision models); more → 400."
+    )
+    max_image_pixels: int | None = Field(
+        None,
+        ge=12544,
+        le=100000000,
+        description="Pixels an image is resized to at most before it becomes tokens (the image processor's "
+        "max_pixels; 28x28 pixels = 1 token); default: the model's own.",
+    )
+    max_decoded_pixels: int = Field(
+        40000000,
+        ge=1,
+        le=1000000000,
+        description="Largest image (width x height) decoded at all; bigger (decompression bombs) → 400.",
+    )
     rate_limit_rps: float = Field(
         0, ge=0, le=100000, description="Requests per second per pod; 0 = unlimited."
     )

@@ -193,6 +193,7 @@ def volumes(
         {"name": "models", "mountPath": MODELS_DIR, "readOnly": True},
         {"name": "tmp", "mountPath": TMP_DIR},
     ]
+
     def mount_secret(volume: str, secret: str, items: dict[str, str], directory: str) -> None:
         """A Secret's keys as read-only files (``items``: key -> file name) under ``directory``."""
         volumes.append(
@@ -212,7 +213,9 @@ def volumes(
     if s.tls_secret:
         mount_secret("tls", s.tls_secret, {"tls.crt": "tls.crt", "tls.key": "tls.key"}, TLS_DIR)
     if s.client_ca_secret:
-        mount_secret("client-ca", s.client_ca_secret.name, {s.client_ca_secret.key: CLIENT_CA_FILE}, CLIENT_CA_DIR)
+        mount_secret(
+            "client-ca", s.client_ca_secret.name, {s.client_ca_secret.key: CLIENT_CA_FILE}, CLIENT_CA_DIR
+        )
     return volumes, mounts
 
 

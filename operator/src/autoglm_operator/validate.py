@@ -53,7 +53,9 @@ def _schemas() -> tuple[dict[str, Any], jsonschema.protocols.Validator]:
     schema = root_schema()
     strict = _strict(schema)
     strict["properties"]["metadata"] = {"type": "object"}
-    strict["properties"].pop("status", None)  # status is the operator's; users' files may carry anything there
+    strict["properties"].pop(
+        "status", None
+    )  # status is the operator's; users' files may carry anything there
     return schema, jsonschema.Draft202012Validator(strict)
 
 
@@ -77,7 +79,9 @@ def _schema_problems(obj: dict[str, Any]) -> list[Problem]:
                 problems.append(Problem(_path([*err.absolute_path, name]), f"unknown field{suggestion}"))
             continue
         if err.validator == "pattern" and path == "spec.model.source":
-            message = f"must be hf://org/name, pvc://claim/path or an https:// mirror URL (got {err.instance!r})"
+            message = (
+                f"must be hf://org/name, pvc://claim/path or an https:// mirror URL (got {err.instance!r})"
+            )
         elif err.validator == "required":
             message = err.message.replace("is a required property", "is required")
         elif err.validator == "enum":
@@ -132,7 +136,10 @@ def validate_object(obj: Any) -> list[Problem]:
     problems = _metadata_problems(obj)
     if obj.get("apiVersion") != api.API_VERSION or obj.get("kind") != api.KIND:
         problems.append(
-            Problem("", f"apiVersion/kind must be {api.API_VERSION}/{api.KIND} (got {obj.get('apiVersion')}/{obj.get('kind')})")
+            Problem(
+                "",
+                f"apiVersion/kind must be {api.API_VERSION}/{api.KIND} (got {obj.get('apiVersion')}/{obj.get('kind')})",
+            )
         )
         return problems
     schema_problems = _schema_problems(obj)

@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from autoglm_runtime.chat import ContentError, ImageRef, split_messages
 from autoglm_runtime.engine import (
     Engine,
     EngineError,
@@ -64,6 +65,7 @@ from autoglm_runtime.schemas import (
     now,
 )
 from autoglm_runtime.settings import RuntimeSettings
+from autoglm_runtime.vision import ImageInputError, decode_image_url
 
 log = logging.getLogger(__name__)
 
@@ -281,13 +283,44 @@ def create_app(
             stop=tuple(body.stop_list),
             seed=body.seed,
             min_tokens=body.min_tokens,
+            frequency_penalty=body.frequency_penalty,
+            presence_penalty=body.presence_penalty,
         )
 
-    async def submit(prompt: str | list[int], params: SamplingParams, param: str) -> RequestHandle:
+    async def submit(
+        prompt: str | list[int], params: SamplingParams, param: str, images: Any = None
+    ) -> RequestHandle:
         try:
-            return await engine.submit(prompt, params)
+            return await engine.submit(prompt, params, images)
         except EngineError as exc:
             raise engine_error(exc, param) from exc
+
+    # Decoding and preprocessing screenshots is CPU work (~0.5 s each): off the event loop, a few
+    # at a time, so /healthz and streams keep answering while a burst of images is decoded.
+    image_slots = asyncio.Semaphore(settings.image_decode_concurrency)
+
+    async def prepare_images(refs: list[ImageRef]) -> Any:
+        vision = engine.vision
+        if len(refs) > settings.max_images_per_request:
+            raise APIError(
+                400,
+                f"{len(refs)} images in one request; this server accepts at most {settings.max_images_per_request}",
+                param=refs[settings.max_images_per_request].param,
+                code="too_many_images",
+            )
+
+        async def decode(ref: ImageRef) -> Any:
+            async with image_slots:
+                return await asyncio.to_thread(
+                    decode_image_url, ref.url, ref.param, settings.max_decoded_pixels
+                )
+
+        try:
+            decoded = await asyncio.gather(*(decode(ref) for ref in refs))
+            async with image_slots:
+                return await asyncio.to_thread(vision.prepare, list(decoded), [r.param for r in refs])
+        except ImageInputError as exc:
+            raise APIError(exc.status, exc.message, param=exc.param, code=exc.code) from None
 
     def record(handle: RequestHandle) -> None:
         metrics.prompt_tokens.inc(handle.prompt_tokens)
@@ -374,16 +407,24 @@ def create_app(
         body: ChatCompletionRequest, request: Request
     ) -> ChatCompletion | StreamingResponse:
         check_model(body.model)
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        if not engine.ready:
+            raise engine_error(EngineNotReadyError("the model is still loading"), "messages")
         try:
-            prompt_ids = await asyncio.to_thread(engine.chat_prompt, messages)
+            messages, refs = split_messages(
+                body.messages, vision=engine.vision is not None, model_name=model_name
+            )
+        except ContentError as exc:
+            raise APIError(400, exc.message, param=exc.param, code=exc.code) from None
+        images = await prepare_images(refs) if refs else None
+        try:
+            prompt_ids = await asyncio.to_thread(engine.chat_prompt, messages, images)
         except EngineError as exc:
             raise engine_error(exc, "messages") from exc
         except Exception as exc:  # a template that rejects these messages (e.g. role order)
             raise APIError(
                 400, f"messages do not fit the model's chat template: {exc}", param="messages"
             ) from exc
-        handle = await submit(prompt_ids, sampling(body, body.token_limit), "messages")
+        handle = await submit(prompt_ids, sampling(body, body.token_limit), "messages", images)
         rid, ts = new_id("chatcmpl"), now()
         if body.stream:
             first = True

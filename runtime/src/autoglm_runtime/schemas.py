@@ -32,6 +32,12 @@ class _Request(BaseModel):
     min_tokens: int = Field(
         0, ge=0, description="Extension (as in vLLM): suppress end-of-text until this many tokens."
     )
+    frequency_penalty: float = Field(
+        0.0, ge=-2.0, le=2.0, description="Subtract count x this from the logits of generated tokens."
+    )
+    presence_penalty: float = Field(
+        0.0, ge=-2.0, le=2.0, description="Subtract this from the logits of tokens generated at least once."
+    )
     user: str | None = None
 
     @field_validator("stop")
@@ -67,21 +73,14 @@ class CompletionRequest(_Request):
         return v  # type: ignore[return-value]
 
 
-class TextPart(BaseModel):
-    type: Literal["text"]
-    text: str
-
-
 class ChatMessage(BaseModel):
+    """``content`` is a string or a list of parts (``text``, ``image_url``); the parts are checked
+    one by one by the chat endpoint, so a refusal names the part (``messages[2].content[0]``)."""
+
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | list[TextPart] | None = None
-
-    def text(self) -> str:
-        if isinstance(self.content, list):
-            return "".join(part.text for part in self.content)
-        return self.content or ""
+    content: str | list[dict[str, Any]] | None = None
 
 
 class ChatCompletionRequest(_Request):

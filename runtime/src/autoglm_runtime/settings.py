@@ -53,7 +53,8 @@ class RuntimeSettings(BaseSettings):
     model: str = Field(..., description="Local folder, hf://org/name, or a hub id (org/name).")
     revision: str | None = Field(None, description="Hub revision (commit, tag or branch).")
     served_model_name: str | None = Field(
-        None, description="Name reported by /v1/models and accepted in requests; default: the model's folder name."
+        None,
+        description="Name reported by /v1/models and accepted in requests; default: the model's folder name.",
     )
     trust_remote_code: bool = Field(False, description="Allow the model's own Python code (transformers).")
     quantization: Quantization = Field(Quantization.NONE, description="none, fp16, bf16, int8, nf4 or fp4.")
@@ -61,21 +62,46 @@ class RuntimeSettings(BaseSettings):
     compute_dtype: ComputeDtype = Field(ComputeDtype.BF16, description="4-bit only: matmul compute dtype.")
     cache_dir: Path | None = Field(None, description="Where fetched weights live (the model cache volume).")
     warmup: bool = Field(True, description="Run one short generation before reporting ready.")
-    torch_threads: int = Field(0, ge=0, le=1024, description="CPU threads torch may use; 0 = torch's default.")
+    torch_threads: int = Field(
+        0, ge=0, le=1024, description="CPU threads torch may use; 0 = torch's default."
+    )
 
     # --- memory ------------------------------------------------------------------------------
     gpu_memory_percent: int = Field(90, ge=10, le=100, description="Share of each visible GPU's memory.")
     host_memory_percent: int = Field(75, ge=10, le=100, description="Share of the container memory limit.")
 
     # --- batching and limits -----------------------------------------------------------------
-    max_batch_size: int = Field(8, ge=1, le=256, description="Requests decoded together; 1 disables batching.")
+    max_batch_size: int = Field(
+        8, ge=1, le=256, description="Requests decoded together; 1 disables batching."
+    )
     batch_window_ms: float = Field(5.0, ge=0, le=1000, description="How long to wait to fill a batch.")
     max_concurrent_requests: int = Field(64, ge=1, le=10000, description="Requests admitted at once.")
     max_queue: int = Field(256, ge=0, le=100000, description="Admitted requests waiting beyond that get 429.")
     max_input_tokens: int = Field(4096, ge=1, le=1_048_576, description="Longest prompt, in tokens.")
     max_new_tokens: int = Field(512, ge=1, le=1_048_576, description="Most tokens generated per request.")
     request_timeout_s: float = Field(300.0, gt=0, description="Wall-clock limit per request.")
-    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest accepted HTTP request body.")
+    max_body_bytes: int = Field(
+        20 * 1_048_576,
+        ge=1024,
+        description="Largest accepted HTTP request body (20 MiB: a phone screenshot as a PNG data URL fits).",
+    )
+    # --- images (vision models) --------------------------------------------------------------
+    max_images_per_request: int = Field(10, ge=0, le=256, description="Images one chat request may carry.")
+    max_image_pixels: int | None = Field(
+        None,
+        ge=12544,
+        description="Pixels an image is resized to at most before it becomes tokens (the image processor's "
+        "max_pixels); default: the model's own. Fewer pixels, fewer image tokens.",
+    )
+    max_decoded_pixels: int = Field(
+        40_000_000,
+        ge=1,
+        description="Largest image (width x height) decoded at all; bigger ones (decompression bombs) are "
+        "refused from their header, before decoding.",
+    )
+    image_decode_concurrency: int = Field(
+        4, ge=1, le=256, description="Images decoded and preprocessed at once (off the event loop)."
+    )
 
     # --- HTTP and security -------------------------------------------------------------------
     host: str = Field("0.0.0.0", description="Bind address.")
@@ -84,13 +110,18 @@ class RuntimeSettings(BaseSettings):
     metrics_require_auth: bool = Field(False, description="Require an API key on /metrics too.")
     tls_cert_file: Path | None = Field(None, description="PEM certificate; HTTPS when set with the key.")
     tls_key_file: Path | None = Field(None, description="PEM private key.")
-    tls_client_ca_file: Path | None = Field(None, description="CA bundle; when set, clients need a certificate.")
+    tls_client_ca_file: Path | None = Field(
+        None, description="CA bundle; when set, clients need a certificate."
+    )
     rate_limit_rps: float = Field(0.0, ge=0, description="Token-bucket rate for all requests; 0 = off.")
     rate_limit_burst: int = Field(0, ge=0, description="Bucket size; 0 = max(1, rate).")
     rate_limit_per_key_rps: float = Field(0.0, ge=0, description="Token-bucket rate per API key; 0 = off.")
     shutdown_grace_s: float = Field(25.0, ge=0, description="SIGTERM: time to finish in-flight requests.")
     breaker_failure_threshold: int = Field(
-        5, ge=1, le=1000, description="Requests failing in a row (each in a batch of its own) that open the breaker."
+        5,
+        ge=1,
+        le=1000,
+        description="Requests failing in a row (each in a batch of its own) that open the breaker.",
     )
     breaker_window_s: float = Field(
         60.0, gt=0, description="The failures must fall within this many seconds."

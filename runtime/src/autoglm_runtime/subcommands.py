@@ -13,7 +13,9 @@ import sys
 Commands = dict[str, tuple[str, str]]  # name -> (module, one-line help)
 
 
-def build_parser(prog: str, description: str | None, commands: Commands, selected: str | None) -> argparse.ArgumentParser:
+def build_parser(
+    prog: str, description: str | None, commands: Commands, selected: str | None
+) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in commands.items():
