@@ -17,7 +17,7 @@ from typing import Any
 from benchmarks.targets import fmt_number
 
 REPO = Path(__file__).resolve().parent.parent
-PARTS = ("runtime", "overhead", "operator")
+PARTS = ("runtime", "overhead", "operator", "agent")
 
 
 def load(results: Path) -> dict[str, Any]:
@@ -357,6 +357,33 @@ def targets_section(targets: Sequence[dict[str, Any]]) -> str:
     return table(["", "target", "goal", "measured", "note"], rows)
 
 
+def agent_section(a: dict[str, Any]) -> str:
+    w = a["workload"]
+    rows = []
+    for name, r in a["servers"].items():
+        if "error" in r:
+            rows.append([name, "could not run: " + r["error"].splitlines()[0][:120], "–", "–", "–"])
+            continue
+        lat, ttft = r.get("step_latency_s") or {}, r.get("ttft_s") or {}
+        rows.append(
+            [
+                name,
+                _f(r["steps_per_s"], 3),
+                _f(lat.get("p50"), 2),
+                _f(lat.get("p95"), 2),
+                _f(ttft.get("p50"), 2),
+            ]
+        )
+    ratios = "\n".join(f"- {k}: **{v}x**" for k, v in a.get("ratios", {}).items())
+    return (
+        f"{w['sessions']} concurrent simulated phone-agent sessions x {w['steps_per_session']} steps; every step "
+        f"sends the system prompt, the image-stripped history and a fresh {w['screenshot']}, streamed, "
+        f"{w['output_tokens']} output tokens; {w['model']}.\n\n"
+        + table(["server", "steps/s", "step p50 s", "step p95 s", "TTFT p50 s"], rows)
+        + ("\n\n" + ratios if ratios else "")
+    )
+
+
 def render(data: dict[str, Any], docs: Path, notes: Path | None) -> str:
     img = docs / "img"
     img.mkdir(parents=True, exist_ok=True)
@@ -388,6 +415,8 @@ def render(data: dict[str, Any], docs: Path, notes: Path | None) -> str:
         parts.append("## Runtime\n\n" + text + "\n")
     if "overhead" in data:
         parts.append("## Server overhead\n\n" + overhead_section(data["overhead"]) + "\n")
+    if "agent" in data:
+        parts.append("## Phone-agent workload (images)\n\n" + agent_section(data["agent"]) + "\n")
     if "operator" in data:
         text, _ = operator_section(data["operator"], img)
         parts.append("## Operator\n\n" + text + "\n")

@@ -12,8 +12,8 @@
 #     context as ./wheelhouse, and installed in the build with `pip --no-index`: pip inside a
 #     build cannot verify TLS here.
 # --smoke then runs both images with podman: the operator prints its CRD (and must match
-# crds/), and the runtime (CPU variant) serves a tiny random GLM model mounted read-only,
-# answering /readyz and one completion, as uid 10001 on a read-only root filesystem.
+# crds/), and the runtime (CPU variant) serves a tiny random GLM-4V mounted read-only, answering
+# /readyz, one completion and one screenshot chat request, as uid 10001 on a read-only root filesystem.
 #
 # Environment: ENGINE=docker|buildah (default: docker when `docker info` works),
 # BASE_IMAGE (skips debootstrap), PYTHON (host interpreter for pip, default .venv/bin/python).
@@ -192,8 +192,8 @@ MODEL=$WORK/tiny-model
 rm -rf "$MODEL"
 HF_HUB_OFFLINE=1 "$PYTHON" - "$MODEL" <<'PY'
 import sys
-from autoglm_runtime.devmodels import build_tiny_glm
-build_tiny_glm(sys.argv[1])
+from autoglm_runtime.devmodels import build_tiny_glm4v
+build_tiny_glm4v(sys.argv[1])  # a vision model: the image path (PIL processor, no torchvision) runs too
 PY
 chmod -R a+rX "$MODEL"
 PORT=${SMOKE_PORT:-18000}
@@ -215,7 +215,23 @@ curl -fsS "http://127.0.0.1:$PORT/v1/completions" -H 'Content-Type: application/
   -d '{"model": "tiny-glm", "prompt": "Hello", "max_tokens": 4}' > "$WORK/smoke-completion.json"
 "$PYTHON" -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["model"] == "tiny-glm" and d["usage"]["completion_tokens"] >= 1, d' \
   "$WORK/smoke-completion.json"
+# One phone-agent step: a 1080x2400 PNG screenshot as a data URL in a chat message.
+"$PYTHON" - "$WORK/smoke-image-request.json" <<'PY'
+import base64, io, json, sys
+from PIL import Image
+buf = io.BytesIO()
+Image.new("RGB", (1080, 2400), (30, 120, 200)).save(buf, format="PNG")
+url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "** Screen Info **"}]
+body = {"model": "tiny-glm", "messages": [{"role": "user", "content": content}], "max_tokens": 4}
+json.dump(body, open(sys.argv[1], "w"))
+PY
+curl -fsS "http://127.0.0.1:$PORT/v1/chat/completions" -H 'Content-Type: application/json' \
+  -d @"$WORK/smoke-image-request.json" > "$WORK/smoke-image.json" \
+  || { echo "the runtime image refused a screenshot request: $(cat "$WORK/smoke-image.json" 2>/dev/null)" >&2; exit 1; }
+"$PYTHON" -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["usage"]["prompt_tokens"] > 3354, d' \
+  "$WORK/smoke-image.json"
 curl -fsS "http://127.0.0.1:$PORT/metrics" | grep -q '^autoglm_' \
   || { echo "the runtime's /metrics has no autoglm_ metric" >&2; exit 1; }
-log "runtime image: /readyz, /v1/completions and /metrics OK; smoke tests took $((SECONDS - T)) s"
+log "runtime image: /readyz, /v1/completions, a screenshot chat request and /metrics OK; smoke tests took $((SECONDS - T)) s"
 log "total $((SECONDS - START)) s"

@@ -73,3 +73,32 @@ def test_report_renders_tables_targets_and_plots(tmp_path: Path) -> None:
     assert "Skipped: no CUDA" in md
     png = tmp_path / "docs" / "img" / "bench-runtime-batching.png"
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_agent_section_shows_servers_ratios_and_a_peer_that_could_not_run() -> None:
+    from benchmarks.report import agent_section
+
+    data = {
+        "workload": {
+            "sessions": 4,
+            "steps_per_session": 3,
+            "output_tokens": 16,
+            "screenshot": "1080x2400 PNG data URL (3354 image tokens)",
+            "model": "tiny random GLM-4V",
+        },
+        "servers": {
+            "autoglm": {
+                "steps_per_s": 0.5,
+                "step_latency_s": {"p50": 7.5, "p95": 7.8},
+                "ttft_s": {"p50": 6.3},
+            },
+            "transformers-serve": {
+                "error": "RuntimeError: Glm4vVideoProcessor requires the Torchvision library"
+            },
+        },
+        "ratios": {"steps_per_s vs autoglm-batch1": 0.92},
+    }
+    text = agent_section(data)
+    assert "| autoglm | 0.500 | 7.50 | 7.80 | 6.30 |" in text
+    assert "could not run: RuntimeError: Glm4vVideoProcessor requires the Torchvision library" in text
+    assert "steps_per_s vs autoglm-batch1: **0.92x**" in text
