@@ -209,3 +209,20 @@ async def test_token_id_prompts(api: ClientFactory) -> None:
     assert ok.json()["usage"]["prompt_tokens"] == 3
     bad = await client.post("/v1/completions", json={"model": "tiny", "prompt": [10**9], "max_tokens": 2})
     assert assert_openai_error(bad, 400)["param"] == "prompt"
+
+
+async def test_an_image_to_a_text_only_model_names_the_part(api: ClientFactory) -> None:
+    from tests.runtime.conftest import png_data_url
+
+    client, _ = await api()
+    parts = [
+        {"type": "text", "text": "What is on the screen?"},
+        {"type": "image_url", "image_url": {"url": png_data_url(64, 64)}},
+    ]
+    response = await client.post("/v1/chat/completions", json=chat(parts))  # type: ignore[arg-type]
+    error = assert_openai_error(response, 400)
+    assert error["message"] == "model 'tiny' has no vision input; send text only"
+    assert error["param"] == "messages[0].content[1]"
+    # Text parts alone still work for a text-only model.
+    response = await client.post("/v1/chat/completions", json=chat([parts[0]], max_tokens=2))  # type: ignore[arg-type]
+    assert response.status_code == 200, response.text

@@ -191,3 +191,27 @@ def test_other_refusals(vlm_server: str) -> None:
     assert response.status_code == 422
     ok = _post(vlm_server, step(screen), max_tokens=2)
     assert ok.status_code == 200
+
+
+def test_health_answers_while_16_screenshots_are_decoded(vlm_server: str) -> None:
+    """Decoding and preprocessing run off the event loop, a few at a time."""
+    screens = [png_data_url(1080, 2400, (i * 15, 80, 160)) for i in range(16)]
+    codes: list[int] = []
+    errors: list[BaseException] = []
+
+    def one(screen: str) -> None:
+        try:
+            response = _post(vlm_server, step(screen), max_tokens=1)
+            codes.append(response.status_code)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(s,)) for s in screens]
+    for t in threads:
+        t.start()
+    health = [httpx.get(f"{vlm_server}/healthz", timeout=10).status_code for _ in range(10)]
+    for t in threads:
+        t.join(600)
+    assert errors == []
+    assert codes == [200] * 16
+    assert set(health) == {200}
