@@ -694,3 +694,24 @@ def test_hpa_metric_names_are_the_runtime_gauges() -> None:
     from autoglm_runtime import metrics
 
     assert set(HPA_POD_METRICS.values()) == {metrics.INFLIGHT_REQUESTS, metrics.QUEUE_DEPTH}
+
+
+def test_image_limits_reach_the_runtime_settings() -> None:
+    r = run(
+        cr(
+            serving={
+                "maxImagesPerRequest": 2,
+                "maxImagePixels": 1000000,
+                "maxDecodedPixels": 9000000,
+                "maxBodyBytes": 8388608,
+                "imageUrlHosts": ["screens.example.com", "*.cdn.example.com"],
+            }
+        )
+    )
+    data = settings(r)
+    assert data["AUTOGLM_MAX_IMAGES_PER_REQUEST"] == "2"
+    assert data["AUTOGLM_MAX_IMAGE_PIXELS"] == "1000000"
+    assert data["AUTOGLM_MAX_DECODED_PIXELS"] == "9000000"
+    assert data["AUTOGLM_MAX_BODY_BYTES"] == "8388608"
+    assert data["AUTOGLM_IMAGE_URL_HOSTS"] == "screens.example.com,*.cdn.example.com"
+    assert "AUTOGLM_IMAGE_URL_HOSTS" not in settings(run(cr()))

@@ -354,6 +354,14 @@ class ServingSpec(ApiModel):
         description="Pixels an image is resized to at most before it becomes tokens (the image processor's "
         "max_pixels; 28x28 pixels = 1 token); default: the model's own.",
     )
+    image_url_hosts: list[
+        Annotated[str, Field(max_length=NAME_MAX, pattern=r"^(\*\.)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+    ] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Hosts whose http(s) image URLs the runtime fetches (*.example.com for subdomains; public "
+        "addresses only, same-host redirects, size and time limits); empty: only inline data: URLs.",
+    )
     max_decoded_pixels: int = Field(
         40000000,
         ge=1,

@@ -107,6 +107,7 @@ _SETTING_SOURCE = {
     "max_images_per_request": "spec.serving.maxImagesPerRequest",
     "max_image_pixels": "spec.serving.maxImagePixels",
     "max_decoded_pixels": "spec.serving.maxDecodedPixels",
+    "image_url_hosts": "spec.serving.imageUrlHosts",
     "rate_limit_rps": "spec.serving.rateLimitRps",
     "rate_limit_per_key_rps": "spec.serving.rateLimitPerKeyRps",
     "port": "spec.serving.port",
@@ -149,6 +150,8 @@ def runtime_settings(spec: AutoGLMDeploymentSpec, plan: MemoryPlan, loc: pod.Mod
         "shutdown_grace_s": pod.SHUTDOWN_GRACE_SECONDS,
         "log_format": "json",
     }
+    if s.image_url_hosts:
+        values["image_url_hosts"] = ",".join(s.image_url_hosts)
     if plan.quantization in ("nf4", "fp4"):
         opts = spec.quantization_options or api.QuantizationOptions()
         values["double_quant"] = opts.double_quant

@@ -65,7 +65,7 @@ from autoglm_runtime.schemas import (
     now,
 )
 from autoglm_runtime.settings import RuntimeSettings
-from autoglm_runtime.vision import ImageInputError, decode_image_url
+from autoglm_runtime.vision import ImageInputError, RemoteImages, decode_image_url
 
 log = logging.getLogger(__name__)
 
@@ -298,6 +298,7 @@ def create_app(
     # Decoding and preprocessing screenshots is CPU work (~0.5 s each): off the event loop, a few
     # at a time, so /healthz and streams keep answering while a burst of images is decoded.
     image_slots = asyncio.Semaphore(settings.image_decode_concurrency)
+    remote_images = RemoteImages.from_settings(settings)
 
     async def prepare_images(refs: list[ImageRef]) -> Any:
         vision = engine.vision
@@ -312,7 +313,7 @@ def create_app(
         async def decode(ref: ImageRef) -> Any:
             async with image_slots:
                 return await asyncio.to_thread(
-                    decode_image_url, ref.url, ref.param, settings.max_decoded_pixels
+                    decode_image_url, ref.url, ref.param, settings.max_decoded_pixels, remote_images
                 )
 
         try:

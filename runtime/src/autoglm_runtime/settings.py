@@ -102,6 +102,18 @@ class RuntimeSettings(BaseSettings):
     image_decode_concurrency: int = Field(
         4, ge=1, le=256, description="Images decoded and preprocessed at once (off the event loop)."
     )
+    image_url_hosts: str = Field(
+        "",
+        max_length=4096,
+        description="Comma-separated hosts whose http(s) image URLs are fetched (*.example.com for "
+        "subdomains); empty = remote image URLs are refused (send data: URLs).",
+    )
+    image_url_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="Time limit of one remote image fetch."
+    )
+    image_url_max_bytes: int = Field(
+        20 * 1_048_576, ge=1024, description="Largest remote image fetched; bigger ones are refused."
+    )
 
     # --- HTTP and security -------------------------------------------------------------------
     host: str = Field("0.0.0.0", description="Bind address.")

@@ -1,7 +1,9 @@
 """Images in chat requests: safe decoding of ``data:`` URLs, and images → model inputs.
 
-Decoding refuses, each with a 4xx that names the request part: remote URLs (off: this server never
-fetches), other schemes (``file://`` is never read), non-base64 data, types other than PNG, JPEG and
+Decoding refuses, each with a 4xx that names the request part: remote ``http(s)`` URLs unless their
+host is on ``--image-url-hosts`` (then: public addresses only, the checked address is the one
+connected to, same-host redirects only, a size cap and a timeout), other schemes (``file://`` is
+never read), non-base64 data, types other than PNG, JPEG and
 WebP (SVG, audio …), bytes that are not an image, images whose header declares more than
 ``max_decoded_pixels`` (decompression bombs are refused before any pixel is decoded), and truncated
 or corrupt files. Preprocessing uses the model's own image processor (its PIL backend: no
@@ -43,18 +45,130 @@ class MultiModalInputs:
     tokens_per_image: tuple[int, ...]
 
 
-def decode_image_url(url: str, param: str, max_decoded_pixels: int) -> Any:
-    """A ``data:image/...;base64,...`` URL → an RGB PIL image, or :class:`ImageInputError`."""
-    from PIL import Image, UnidentifiedImageError
+@dataclass(frozen=True)
+class RemoteImages:
+    """Which remote image URLs may be fetched, and how (``--image-url-hosts`` and friends)."""
 
+    hosts: tuple[str, ...] = ()  # exact host names, or "*.example.com"
+    timeout_s: float = 10.0
+    max_bytes: int = 20 * 1_048_576
+    max_redirects: int = 3
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> RemoteImages:
+        hosts = tuple(h.strip().lower() for h in settings.image_url_hosts.split(",") if h.strip())
+        return cls(hosts, settings.image_url_timeout_s, settings.image_url_max_bytes)
+
+    def allows(self, host: str) -> bool:
+        host = host.lower().rstrip(".")
+        return any(host == h or (h.startswith("*.") and host.endswith(h[1:])) for h in self.hosts)
+
+
+def public_address(ip: str) -> bool:
+    """Only globally routable unicast addresses: never loopback, link-local (cloud metadata),
+    private, carrier-grade NAT, multicast or reserved ranges."""
+    import ipaddress
+
+    address = ipaddress.ip_address(ip.split("%", 1)[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_global and not address.is_multicast
+
+
+def _resolve(host: str, port: int) -> list[str]:
+    import socket
+
+    return sorted({str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)})
+
+
+def fetch_image_url(url: str, param: str, remote: RemoteImages) -> bytes:
+    """The bytes at an allowed ``http(s)`` URL. The host must be on the allow-list and resolve only
+    to public addresses; the connection goes to the address that was checked (no second DNS answer
+    can point it elsewhere), redirects are followed only to the same host, and the download stops at
+    ``max_bytes`` and ``timeout_s``."""
+    from urllib.parse import urljoin, urlsplit
+
+    import httpx
+
+    for _ in range(remote.max_redirects + 1):
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        if parts.scheme not in ("http", "https") or not host:
+            raise ImageInputError("unsupported image URL; use http(s)://host/path or a data: URL", param)
+        if not remote.allows(host):
+            raise ImageInputError(
+                f"image host {host!r} is not allowed (allowed: {', '.join(remote.hosts)})",
+                param,
+                code="host_not_allowed",
+            )
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            addresses = _resolve(host, port)
+        except OSError:
+            raise ImageInputError(f"image host {host!r} does not resolve", param) from None
+        if not addresses or not all(public_address(a) for a in addresses):
+            raise ImageInputError(
+                f"image host {host!r} resolves to a non-public address; refused",
+                param,
+                code="host_not_allowed",
+            )
+        ip = addresses[0]
+        target = f"{parts.scheme}://{'[' + ip + ']' if ':' in ip else ip}:{port}{parts.path or '/'}"
+        if parts.query:
+            target += "?" + parts.query
+        try:
+            with (
+                httpx.Client(timeout=remote.timeout_s, follow_redirects=False, trust_env=False) as client,
+                client.stream(
+                    "GET",
+                    target,
+                    headers={"Host": parts.netloc.rsplit("@", 1)[-1]},
+                    extensions={"sni_hostname": host},
+                ) as response,
+            ):
+                if response.is_redirect:
+                    location = urljoin(url, response.headers.get("location", ""))
+                    if (urlsplit(location).hostname or "").lower() != host:
+                        raise ImageInputError("the image URL redirects to another host; refused", param)
+                    url = location
+                    continue
+                if response.status_code != 200:
+                    raise ImageInputError(f"fetching the image answered HTTP {response.status_code}", param)
+                data = bytearray()
+                for chunk in response.iter_bytes():
+                    data += chunk
+                    if len(data) > remote.max_bytes:
+                        raise ImageInputError(
+                            f"the image at the URL is larger than {remote.max_bytes} bytes",
+                            param,
+                            413,
+                            "image_too_large",
+                        )
+                return bytes(data)
+        except httpx.TimeoutException:
+            raise ImageInputError(
+                f"fetching the image took longer than {remote.timeout_s:g} s", param
+            ) from None
+        except httpx.HTTPError as exc:
+            raise ImageInputError(f"fetching the image failed: {type(exc).__name__}", param) from None
+    raise ImageInputError(f"the image URL redirects more than {remote.max_redirects} times", param)
+
+
+def decode_image_url(
+    url: str, param: str, max_decoded_pixels: int, remote: RemoteImages | None = None
+) -> Any:
+    """A ``data:image/...;base64,...`` URL (or, when allowed, an ``http(s)`` URL) → an RGB PIL
+    image, or :class:`ImageInputError`."""
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if scheme in ("http", "https"):
-        raise ImageInputError(
-            "remote image URLs are not fetched by this server; send the image inline as a "
-            "data:image/png;base64,... URL",
-            param,
-            code="remote_images_disabled",
-        )
+        if remote is None or not remote.hosts:
+            raise ImageInputError(
+                "remote image URLs are not fetched by this server; send the image inline as a "
+                "data:image/png;base64,... URL",
+                param,
+                code="remote_images_disabled",
+            )
+        return decode_image_bytes(fetch_image_url(url, param, remote), param, max_decoded_pixels)
     if scheme != "data":
         raise ImageInputError(
             f"unsupported image URL scheme {scheme + ':' if scheme else '(none)'}; send a data:image/png;base64,... URL",
@@ -77,6 +191,13 @@ def decode_image_url(url: str, param: str, max_decoded_pixels: int) -> Any:
         raise ImageInputError("invalid base64 in the image data URL", param) from None
     if not raw:
         raise ImageInputError("the image data URL is empty", param)
+    return decode_image_bytes(raw, param, max_decoded_pixels)
+
+
+def decode_image_bytes(raw: bytes, param: str, max_decoded_pixels: int) -> Any:
+    """Image file bytes → an RGB PIL image; refuses non-images, other formats, bombs, truncation."""
+    from PIL import Image, UnidentifiedImageError
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
