@@ -23,6 +23,10 @@ import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
+# `transformers serve` may run from another virtualenv: serving a GLM-4V it builds a video processor
+# that needs torchvision, which does not import beside the CPU torch build this project installs
+# (torch 2.14.1 + torchvision 0.29.1 in a separate venv do; see docs/benchmarks.md).
+PEER_BIN = Path(os.environ.get("AUTOGLM_BENCH_PEER_BIN") or VENV_BIN)
 DEFAULT_MEMORY_CAP = 16 * 1024**3
 
 
@@ -112,7 +116,7 @@ def hf_serve_spec(
     """``transformers serve`` on a local folder; on CPU its continuous batching needs explicit KV sizes."""
     port = free_port()
     argv = [
-        str(VENV_BIN / "transformers"),
+        str(PEER_BIN / "transformers"),
         "serve",
         str(model_dir),
         "--host",
