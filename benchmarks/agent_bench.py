@@ -2,13 +2,14 @@
 
 Each session runs ``--steps`` steps; every step sends what the Open-AutoGLM client sends: the long
 system prompt, the history so far (earlier user messages with their image removed, answers as
-strings), and one fresh 1080x2400 PNG screenshot as a data URL, streamed, ``temperature=0,
+strings), and one fresh 1080x2400 PNG screenshot as a data URL, with ``temperature=0,
 top_p=0.85, frequency_penalty=0.2``, a fixed number of output tokens. Measured per step: latency
-(send → last token) and time to first token; per run: steps per second. Servers, side by side in
-one run on the same model: our runtime (continuous batching), our runtime at batch size 1, and
-``transformers serve`` (it accepts images for image-text-to-text models). The model's weights are
-random: this measures the serving path (image decode, vision tower, prefill, batching), not the
-quality of the answers.
+(send → whole answer; not streamed, see ``step_body``); per run: steps per second. Servers, one
+after the other in one run on the same model (side by side they would share the CPU): our runtime
+(continuous batching), our runtime at batch size 1, and ``transformers serve`` (it accepts images
+for image-text-to-text models; on this CPU build it needs torchvision from another venv:
+``AUTOGLM_BENCH_PEER_BIN``). The model's weights are random: this measures the serving path (image
+decode, vision tower, prefill, batching), not the quality of the answers.
 
     python -m benchmarks.agent_bench --sessions 4 --steps 3 --out bench-results/agent.json
 """
@@ -66,14 +67,16 @@ def step_body(
     body: dict[str, Any] = {
         "model": MODEL,
         "messages": [{"role": "system", "content": SYSTEM}, *history, user],
-        "stream": True,
+        # Not streamed: a step ends when the whole answer is there (the client parses the action
+        # then), and transformers serve's stream of this random model's tokens can be all special
+        # tokens (no text chunk to time) while its usage still counts them.
+        "stream": False,
         "temperature": 0.0,
         "top_p": 0.85,
         "max_tokens": output_tokens,
     }
     if backend == "autoglm":
-        body["frequency_penalty"] = 0.2
-        body["stream_options"] = {"include_usage": True}
+        body["frequency_penalty"] = 0.2  # transformers serve refuses the field (422)
     else:
         body.pop("model")  # transformers serve serves the folder it was given
     body.update(BACKENDS[backend].force_length(output_tokens))
@@ -85,7 +88,6 @@ async def run_sessions(
 ) -> dict[str, Any]:
     workload = Workload(prompt="", endpoint="chat", backend=backend, timeout_s=900)
     latencies: list[float] = []
-    ttfts: list[float] = []
     errors: list[str] = []
 
     async def session(client: httpx.AsyncClient, n: int) -> None:
@@ -97,8 +99,6 @@ async def run_sessions(
                 errors.append(result.error or "failed")
                 return
             latencies.append(result.e2e_s)
-            if result.ttft_s is not None:
-                ttfts.append(result.ttft_s)
             history += [
                 {"role": "user", "content": [{"type": "text", "text": "** Screen Info **"}]},
                 {"role": "assistant", "content": f'do(action="Tap", element=[{100 + s},{200 + s}])'},
@@ -121,9 +121,6 @@ async def run_sessions(
             "p95": round(percentile(latencies, 95), 3),
         }
         if latencies
-        else None,
-        "ttft_s": {"p50": round(percentile(ttfts, 50), 3), "p95": round(percentile(ttfts, 95), 3)}
-        if ttfts
         else None,
     }
 

@@ -362,24 +362,23 @@ def agent_section(a: dict[str, Any]) -> str:
     rows = []
     for name, r in a["servers"].items():
         if "error" in r:
-            rows.append([name, "could not run: " + r["error"].splitlines()[0][:120], "–", "–", "–"])
+            rows.append([name, "could not run: " + r["error"].splitlines()[0][:120], "–", "–"])
             continue
-        lat, ttft = r.get("step_latency_s") or {}, r.get("ttft_s") or {}
+        lat = r.get("step_latency_s") or {}
         rows.append(
             [
                 name,
                 _f(r["steps_per_s"], 3),
                 _f(lat.get("p50"), 2),
                 _f(lat.get("p95"), 2),
-                _f(ttft.get("p50"), 2),
             ]
         )
     ratios = "\n".join(f"- {k}: **{v}x**" for k, v in a.get("ratios", {}).items())
     return (
         f"{w['sessions']} concurrent simulated phone-agent sessions x {w['steps_per_session']} steps; every step "
-        f"sends the system prompt, the image-stripped history and a fresh {w['screenshot']}, streamed, "
+        f"sends the system prompt, the image-stripped history and a fresh {w['screenshot']}, "
         f"{w['output_tokens']} output tokens; {w['model']}.\n\n"
-        + table(["server", "steps/s", "step p50 s", "step p95 s", "TTFT p50 s"], rows)
+        + table(["server", "steps/s", "step p50 s", "step p95 s"], rows)
         + ("\n\n" + ratios if ratios else "")
     )
 

@@ -99,6 +99,6 @@ def test_agent_section_shows_servers_ratios_and_a_peer_that_could_not_run() -> N
         "ratios": {"steps_per_s vs autoglm-batch1": 0.92},
     }
     text = agent_section(data)
-    assert "| autoglm | 0.500 | 7.50 | 7.80 | 6.30 |" in text
+    assert "| autoglm | 0.500 | 7.50 | 7.80 |" in text
     assert "could not run: RuntimeError: Glm4vVideoProcessor requires the Torchvision library" in text
     assert "steps_per_s vs autoglm-batch1: **0.92x**" in text
