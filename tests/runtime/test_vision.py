@@ -294,3 +294,15 @@ def test_generation_stops_at_every_eos_id(tiny_vlm_loaded: Any) -> None:
     runner = ModelRunner(tiny_vlm_loaded.model, tiny_vlm_loaded.tokenizer, vision=tiny_vlm_loaded.vision)
     assert set(tiny_vlm_loaded.model.generation_config.eos_token_id) <= runner.eos_ids
     assert len(runner.eos_ids) >= 3
+
+
+def test_pixels_wait_in_the_vision_towers_dtype(tiny_vlm_dir: Path) -> None:
+    """Queued image requests hold their pixel values: half the memory in a 16-bit model."""
+    import torch
+
+    from autoglm_runtime.loader import load_model
+    from autoglm_runtime.settings import RuntimeSettings
+
+    loaded = load_model(RuntimeSettings(model=str(tiny_vlm_dir), quantization="bf16", warmup=False))
+    mm = loaded.vision.prepare([decode_image_url(png_data_url(1080, 2400), PARAM, LIMIT)], [PARAM])
+    assert mm.pixel_values.dtype == torch.bfloat16

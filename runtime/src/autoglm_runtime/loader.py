@@ -251,10 +251,12 @@ def load_model(settings: RuntimeSettings, *, plan: MemoryPlan | None = None) -> 
             from autoglm_runtime.vision import VisionProcessor, load_image_processor
 
             model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
+            visual = getattr(model, "visual", None) or getattr(getattr(model, "model", None), "visual", None)
             vision = VisionProcessor(
                 load_image_processor(source, **{k: v for k, v in hub.items() if k != "trust_remote_code"}),
                 model.config.image_token_id,
                 settings.max_image_pixels,
+                dtype=getattr(visual, "dtype", None),
             )
         else:
             model = AutoModelForCausalLM.from_pretrained(source, **kwargs)

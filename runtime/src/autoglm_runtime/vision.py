@@ -235,9 +235,16 @@ class VisionProcessor:
     """The model's image processor (PIL backend) and how many tokens an image becomes."""
 
     def __init__(
-        self, image_processor: Any, image_token_id: int, max_image_pixels: int | None = None
+        self,
+        image_processor: Any,
+        image_token_id: int,
+        max_image_pixels: int | None = None,
+        dtype: Any = None,
     ) -> None:
         self.image_processor = image_processor
+        # Pixel values wait with their request until it finishes (a failed batch re-prefills them):
+        # held in the vision tower's dtype, a 1080x2400 screenshot is 32 MB in bf16 (63 MB in fp32).
+        self.dtype = dtype
         self.image_token_id = int(image_token_id)
         self.merge_size = int(getattr(image_processor, "merge_size", 2) or 2)
         size = dict(getattr(image_processor, "size", None) or {})
@@ -263,7 +270,8 @@ class VisionProcessor:
 
         grid = torch.cat(grids, dim=0)
         counts = tuple(int(g.prod()) // (self.merge_size**2) for g in grid)
-        return MultiModalInputs(torch.cat(pixels, dim=0), grid, counts)
+        values = torch.cat(pixels, dim=0)
+        return MultiModalInputs(values.to(self.dtype) if self.dtype is not None else values, grid, counts)
 
     def expand(self, ids: list[int], inputs: MultiModalInputs) -> list[int]:
         """Repeat the i-th image placeholder token once per token of the i-th image."""
