@@ -1,5 +1,6 @@
 """Build both images and run them (scripts/build-images.sh --smoke): the operator image prints the
-CRD, the runtime image (CPU variant) serves a tiny model: /readyz, a completion, /metrics.
+CRD, the runtime image (CPU variant) serves a tiny GLM-4V: /readyz, a completion, a screenshot
+chat request (the vision path without torchvision), /metrics.
 
 Minutes long and needs buildah/podman (or docker): runs only when asked for, with
 ``pytest -m images`` or AUTOGLM_TEST_IMAGES=1 (``make images-smoke``)."""
@@ -43,7 +44,7 @@ def test_images_build_and_serve() -> None:
         env={**os.environ, "ENGINE": "buildah"},
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
-    assert "runtime image: /readyz, /v1/completions and /metrics OK" in done.stderr
+    assert "runtime image: /readyz, /v1/completions, a screenshot chat request and /metrics OK" in done.stderr
     assert "operator image: --help, crd and uid 10001 OK" in done.stderr
 
 
