@@ -169,6 +169,25 @@ def test_vlm_loads_with_only_the_language_model_quantized(tiny_vlm_dir: Path, mo
     assert families["vision"] == {"torch.float32"}, families  # the vision tower stays 16/32-bit
     assert families["lm_head"] == {"torch.float32"}, families
 
+    # And it serves a screenshot step in that mode: the quantized language model after the vision tower.
+    from autoglm_runtime.engine import Engine, EngineConfig, ModelRunner, SamplingParams
+
+    engine = Engine(EngineConfig(max_input_tokens=16384))
+    engine.start(ModelRunner(loaded.model, loaded.tokenizer, vision=loaded.vision), "autoglm-phone-9b")
+    try:
+        ids, mm = _image_chat(engine, 1080, 2400, "Open settings")
+
+        async def one() -> Any:
+            handle = await engine.submit(ids, SamplingParams(max_tokens=4, temperature=0.0, min_tokens=4), mm)
+            await handle.collect()
+            return handle
+
+        handle = asyncio.run(one())
+        assert handle.completion_tokens == 4
+        assert handle.prompt_tokens > 3354
+    finally:
+        engine.stop()
+
 
 def _image_chat(engine: Any, width: int, height: int, text: str) -> tuple[list[int], Any]:
     vision = engine.vision
