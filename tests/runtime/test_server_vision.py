@@ -215,3 +215,34 @@ def test_health_answers_while_16_screenshots_are_decoded(vlm_server: str) -> Non
     assert errors == []
     assert codes == [200] * 16
     assert set(health) == {200}
+
+
+@pytest.mark.parametrize("quantization", ["int8", "nf4"])
+def test_the_client_works_against_a_quantized_server(tiny_vlm_dir: Path, quantization: str) -> None:
+    proc, base = start(
+        tiny_vlm_dir,
+        "--served-model-name",
+        MODEL,
+        "--quantization",
+        quantization,
+        "--compute-dtype",
+        "fp32",
+        "--max-new-tokens",
+        "8",
+        "--max-input-tokens",
+        "25480",
+        "--log-format",
+        "text",
+    )
+    try:
+        wait_ready(proc, base)
+        hi = client(base).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=5, timeout=30
+        )
+        assert hi.choices[0].finish_reason in ("stop", "length")
+        _, usage = streamed(base, step(png_data_url(1080, 2400)))
+        assert usage.prompt_tokens > 3354
+        assert usage.completion_tokens >= 1
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
