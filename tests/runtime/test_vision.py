@@ -325,3 +325,20 @@ def test_pixels_wait_in_the_vision_towers_dtype(tiny_vlm_dir: Path) -> None:
     loaded = load_model(RuntimeSettings(model=str(tiny_vlm_dir), quantization="bf16", warmup=False))
     mm = loaded.vision.prepare([decode_image_url(png_data_url(1080, 2400), PARAM, LIMIT)], [PARAM])
     assert mm.pixel_values.dtype == torch.bfloat16
+
+
+async def test_image_tokens_count_against_max_input_tokens(make_vlm_engine: Any) -> None:
+    from autoglm_runtime.engine import Engine, EngineConfig, ModelRunner, PromptTooLongError, SamplingParams
+
+    engine = make_vlm_engine()
+    ids, mm = _image_chat(engine, 1080, 2400, "Open settings")
+    small = Engine(EngineConfig(max_input_tokens=2048))
+    small.start(engine.runner, "autoglm-phone-9b")
+    try:
+        with pytest.raises(
+            PromptTooLongError, match=rf"prompt has {len(ids)} tokens; this server accepts at most 2048"
+        ):
+            await small.submit(ids, SamplingParams(max_tokens=2), mm)
+    finally:
+        small.stop()
+    assert isinstance(engine.runner, ModelRunner)
