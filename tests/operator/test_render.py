@@ -705,6 +705,8 @@ def test_image_limits_reach_the_runtime_settings() -> None:
                 "maxDecodedPixels": 9000000,
                 "maxBodyBytes": 8388608,
                 "imageUrlHosts": ["screens.example.com", "*.cdn.example.com"],
+                "imageUrlTimeoutSeconds": 5,
+                "imageUrlMaxBytes": 4194304,
             }
         )
     )
@@ -714,4 +716,6 @@ def test_image_limits_reach_the_runtime_settings() -> None:
     assert data["AUTOGLM_MAX_DECODED_PIXELS"] == "9000000"
     assert data["AUTOGLM_MAX_BODY_BYTES"] == "8388608"
     assert data["AUTOGLM_IMAGE_URL_HOSTS"] == "screens.example.com,*.cdn.example.com"
+    assert data["AUTOGLM_IMAGE_URL_TIMEOUT_S"] == "5.0"
+    assert data["AUTOGLM_IMAGE_URL_MAX_BYTES"] == "4194304"
     assert "AUTOGLM_IMAGE_URL_HOSTS" not in settings(run(cr()))

@@ -362,6 +362,12 @@ class ServingSpec(ApiModel):
         description="Hosts whose http(s) image URLs the runtime fetches (*.example.com for subdomains; public "
         "addresses only, same-host redirects, size and time limits); empty: only inline data: URLs.",
     )
+    image_url_timeout_seconds: float = Field(
+        10, ge=1, le=300, description="Time limit of one remote image fetch (with imageUrlHosts)."
+    )
+    image_url_max_bytes: int = Field(
+        20 * 1048576, ge=1024, le=1073741824, description="Largest remote image fetched (with imageUrlHosts)."
+    )
     max_decoded_pixels: int = Field(
         40000000,
         ge=1,

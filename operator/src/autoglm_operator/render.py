@@ -108,6 +108,8 @@ _SETTING_SOURCE = {
     "max_image_pixels": "spec.serving.maxImagePixels",
     "max_decoded_pixels": "spec.serving.maxDecodedPixels",
     "image_url_hosts": "spec.serving.imageUrlHosts",
+    "image_url_timeout_s": "spec.serving.imageUrlTimeoutSeconds",
+    "image_url_max_bytes": "spec.serving.imageUrlMaxBytes",
     "rate_limit_rps": "spec.serving.rateLimitRps",
     "rate_limit_per_key_rps": "spec.serving.rateLimitPerKeyRps",
     "port": "spec.serving.port",
@@ -152,6 +154,8 @@ def runtime_settings(spec: AutoGLMDeploymentSpec, plan: MemoryPlan, loc: pod.Mod
     }
     if s.image_url_hosts:
         values["image_url_hosts"] = ",".join(s.image_url_hosts)
+        values["image_url_timeout_s"] = s.image_url_timeout_seconds
+        values["image_url_max_bytes"] = s.image_url_max_bytes
     if plan.quantization in ("nf4", "fp4"):
         opts = spec.quantization_options or api.QuantizationOptions()
         values["double_quant"] = opts.double_quant
