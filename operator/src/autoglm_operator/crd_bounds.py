@@ -84,6 +84,26 @@ def _child(node: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
     return None
 
 
+def _innermost(tree: Any, kind: str) -> Any:
+    """Descend the parser's single-child wrappers (expr → … → primary) down to a ``kind`` node."""
+    while isinstance(tree, Tree) and len(tree.children) == 1 and tree.data != kind:
+        tree = tree.children[0]
+    return tree
+
+
+def _is(tree: Any, kind: str) -> bool:
+    return isinstance(tree, Tree) and tree.data == kind
+
+
+def _args(tree: Tree, index: int) -> list[Any]:
+    """The argument expressions of a call node (its ``exprlist`` child at ``index``, if any)."""
+    return (
+        tree.children[index].children
+        if len(tree.children) > index and tree.children[index] is not None
+        else []
+    )
+
+
 class _Checker:
     """Walks one parsed expression; ``self`` is the schema node the rule is attached to."""
 
@@ -146,9 +166,7 @@ class _Checker:
             self.schema_of(tree)  # reports reads into opaque nodes
         if tree.data == "ident_arg":  # f(args)
             name = str(tree.children[0])
-            args = (
-                tree.children[1].children if len(tree.children) > 1 and tree.children[1] is not None else []
-            )
+            args = _args(tree, 1)
             if name in UNBOUNDED_FUNCTIONS:
                 self.fail(f"{name}() has no size bound the API server can estimate; use a static message")
             if name == "size" and args:
@@ -158,21 +176,15 @@ class _Checker:
             return
         if tree.data == "member_dot_arg":  # target.f(args)
             target, name = tree.children[0], str(tree.children[1])
-            args = (
-                tree.children[2].children if len(tree.children) > 2 and tree.children[2] is not None else []
-            )
+            args = _args(tree, 2)
             if name in UNBOUNDED_FUNCTIONS:
                 self.fail(f".{name}() has no size bound the API server can estimate; use a static message")
             self.check(target)
             if name in MACROS and args:
-                found = self._needs_bound(target, f".{name}()")
-                var = str(args[0].children[0]) if isinstance(args[0], Tree) else str(args[0])
-                var = self._ident_name(args[0]) or var
-                element = None
-                if found is not None:
-                    node = found
-                    element = node.get("items") if isinstance(node.get("items"), dict) else None
-                self.bound_vars[var] = element
+                found = self._needs_bound(target, f".{name}()") or {}
+                ident = _innermost(args[0], "ident")
+                var = str(ident.children[0]) if _is(ident, "ident") else ""
+                self.bound_vars[var] = found.get("items") if isinstance(found.get("items"), dict) else None
                 for arg in args[1:]:
                     self.check(arg)
                 self.bound_vars.pop(var, None)
@@ -192,17 +204,10 @@ class _Checker:
                 if self._is_string_operand(operand):
                     resolved = self.schema_of(operand)
                     unsized = resolved is None or resolved[1] is None or "maxLength" not in resolved[1]
-                    if unsized and not self._is_literal(operand):
+                    if unsized and not _is(_innermost(operand, "literal"), "literal"):
                         self.fail("string concatenation with an operand of unknown size")
         for child in tree.children:
             self.check(child)
-
-    def _ident_name(self, tree: Any) -> str | None:
-        while isinstance(tree, Tree) and len(tree.children) == 1 and tree.data != "ident":
-            tree = tree.children[0]
-        if isinstance(tree, Tree) and tree.data == "ident":
-            return str(tree.children[0])
-        return None
 
     def _needs_bound(self, target: Any, what: str) -> dict[str, Any] | None:
         resolved = self.schema_of(target)
@@ -224,20 +229,12 @@ class _Checker:
             self.fail(f"{what} on {path}, which has no maxLength/maxItems/maxProperties")
         return node
 
-    @staticmethod
-    def _is_literal(tree: Any) -> bool:
-        while isinstance(tree, Tree) and len(tree.children) == 1 and tree.data != "literal":
-            tree = tree.children[0]
-        return isinstance(tree, Tree) and tree.data == "literal"
-
     def _is_string_operand(self, tree: Any) -> bool:
         """Literal strings, string fields and function results (which may be strings) count."""
-        node = tree
-        while isinstance(node, Tree) and len(node.children) == 1 and node.data != "literal":
-            node = node.children[0]
-        if isinstance(node, Tree) and node.data == "literal":
+        node = _innermost(tree, "literal")
+        if _is(node, "literal"):
             return str(node.children[0]).lstrip("rRbB")[:1] in ("'", '"')
-        if isinstance(node, Tree) and node.data == "ident_arg" and str(node.children[0]) in NUMERIC_FUNCTIONS:
+        if _is(node, "ident_arg") and str(node.children[0]) in NUMERIC_FUNCTIONS:
             return False
         resolved = self.schema_of(tree)
         if resolved is not None and resolved[1] is not None:

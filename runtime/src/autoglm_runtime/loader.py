@@ -144,6 +144,14 @@ def is_vision_config(config: Any) -> bool:
     )
 
 
+def hub_kwargs(settings: RuntimeSettings) -> dict[str, Any]:
+    """Where the files come from: revision, cache folder, remote code (every ``from_pretrained``)."""
+    kwargs: dict[str, Any] = {"revision": settings.revision, "trust_remote_code": settings.trust_remote_code}
+    if settings.cache_dir is not None:
+        kwargs["cache_dir"] = str(settings.cache_dir)
+    return kwargs
+
+
 def from_pretrained_kwargs(
     settings: RuntimeSettings, plan: MemoryPlan, *, vision: bool = False
 ) -> dict[str, Any]:
@@ -151,9 +159,7 @@ def from_pretrained_kwargs(
     import torch
 
     q = settings.quantization
-    kwargs: dict[str, Any] = {"revision": settings.revision, "trust_remote_code": settings.trust_remote_code}
-    if settings.cache_dir is not None:
-        kwargs["cache_dir"] = str(settings.cache_dir)
+    kwargs = hub_kwargs(settings)
     if plan.gpus:
         kwargs["device_map"] = "auto"
         kwargs["max_memory"] = plan.max_memory
@@ -230,11 +236,7 @@ def load_model(settings: RuntimeSettings, *, plan: MemoryPlan | None = None) -> 
         check_weights(Path(source))
     check_hardware(settings, plan)
     apply_gpu_fraction(plan)
-    hub = {
-        "revision": settings.revision,
-        "trust_remote_code": settings.trust_remote_code,
-        "cache_dir": str(settings.cache_dir) if settings.cache_dir is not None else None,
-    }
+    hub = hub_kwargs(settings)
     vision = None
     try:
         config = AutoConfig.from_pretrained(source, **hub)
