@@ -6,9 +6,10 @@ client's sampling parameters; hostile images get a 4xx in OpenAI's shape and the
 from __future__ import annotations
 
 import base64
+import functools
 import json
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -106,23 +107,23 @@ def test_startup_check_and_two_steps(vlm_server: str) -> None:
     assert usage2.prompt_tokens > usage.prompt_tokens
 
 
+def concurrently(
+    base: str, calls: list[Callable[[], Any]], health_checks: int
+) -> tuple[list[Any], list[int]]:
+    """Run ``calls`` in parallel threads and poll /healthz meanwhile; (their results, the health codes).
+    A call that raised re-raises here."""
+    with ThreadPoolExecutor(len(calls)) as pool:
+        futures = [pool.submit(call) for call in calls]
+        health = [httpx.get(f"{base}/healthz", timeout=10).status_code for _ in range(health_checks)]
+        return [f.result(timeout=600) for f in futures], health
+
+
 def test_four_concurrent_steps_and_health_while_decoding(vlm_server: str) -> None:
-    results: list[Any] = []
-    errors: list[BaseException] = []
-
-    def one(i: int) -> None:
-        try:
-            results.append(streamed(vlm_server, step(png_data_url(1080, 2400, (i * 50, 90, 90)))))
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    health = [httpx.get(f"{vlm_server}/healthz", timeout=10).status_code for _ in range(5)]
-    for t in threads:
-        t.join(300)
-    assert errors == []
+    calls = [
+        functools.partial(streamed, vlm_server, step(png_data_url(1080, 2400, (i * 50, 90, 90))))
+        for i in range(4)
+    ]
+    results, health = concurrently(vlm_server, calls, 5)
     assert len(results) == 4
     assert all(u.prompt_tokens > 3354 for _, u in results)
     assert set(health) == {200}
@@ -196,24 +197,9 @@ def test_other_refusals(vlm_server: str) -> None:
 def test_health_answers_while_16_screenshots_are_decoded(vlm_server: str) -> None:
     """Decoding and preprocessing run off the event loop, a few at a time."""
     screens = [png_data_url(1080, 2400, (i * 15, 80, 160)) for i in range(16)]
-    codes: list[int] = []
-    errors: list[BaseException] = []
-
-    def one(screen: str) -> None:
-        try:
-            response = _post(vlm_server, step(screen), max_tokens=1)
-            codes.append(response.status_code)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=one, args=(s,)) for s in screens]
-    for t in threads:
-        t.start()
-    health = [httpx.get(f"{vlm_server}/healthz", timeout=10).status_code for _ in range(10)]
-    for t in threads:
-        t.join(600)
-    assert errors == []
-    assert codes == [200] * 16
+    calls = [functools.partial(_post, vlm_server, step(screen), max_tokens=1) for screen in screens]
+    responses, health = concurrently(vlm_server, calls, 10)
+    assert [r.status_code for r in responses] == [200] * 16
     assert set(health) == {200}
 
 

@@ -307,12 +307,36 @@ def test_frequency_and_presence_penalties_follow_openai(tiny_loaded: Any) -> Non
         loop.close()
 
 
-def test_generation_stops_at_every_eos_id(tiny_vlm_loaded: Any) -> None:
-    from autoglm_runtime.engine import ModelRunner
+async def test_generation_stops_at_every_eos_id(tiny_vlm_loaded: Any) -> None:
+    """The model's generation_config lists several EOS ids; an answer ends at whichever comes, with
+    no text after it (the Open-AutoGLM client parses the action and fails on trailing text)."""
+    from autoglm_runtime.engine import Engine, EngineConfig, ModelRunner, SamplingParams
 
-    runner = ModelRunner(tiny_vlm_loaded.model, tiny_vlm_loaded.tokenizer, vision=tiny_vlm_loaded.vision)
-    assert set(tiny_vlm_loaded.model.generation_config.eos_token_id) <= runner.eos_ids
-    assert len(runner.eos_ids) >= 3
+    eos_ids = list(tiny_vlm_loaded.model.generation_config.eos_token_id)
+    assert len(eos_ids) == 3
+    word = tiny_vlm_loaded.tokenizer("fox", add_special_tokens=False)["input_ids"][0]
+    for eos in eos_ids:
+
+        class Scripted(ModelRunner):
+            """Answers `fox fox <eos> fox`: the last token must never be reached."""
+
+            def sample(
+                self, logits: Any, requests: Any, script: tuple[int, ...] = (word, word, eos, word)
+            ) -> list[int]:
+                return [script[len(r.generated)] for r in requests]
+
+        runner = Scripted(tiny_vlm_loaded.model, tiny_vlm_loaded.tokenizer, vision=tiny_vlm_loaded.vision)
+        engine = Engine(EngineConfig())
+        engine.start(runner, "m")
+        try:
+            ids = engine.chat_prompt([{"role": "user", "content": [{"type": "text", "text": "Hi"}]}])
+            handle = await engine.submit(ids, SamplingParams(max_tokens=10, temperature=0.0))
+            text = await handle.collect()
+        finally:
+            engine.stop()
+        assert handle.finish_reason == "stop", eos
+        assert handle.completion_tokens == 3, eos
+        assert text == tiny_vlm_loaded.tokenizer.decode([word, word]), eos
 
 
 def test_pixels_wait_in_the_vision_towers_dtype(tiny_vlm_dir: Path) -> None:
@@ -328,7 +352,7 @@ def test_pixels_wait_in_the_vision_towers_dtype(tiny_vlm_dir: Path) -> None:
 
 
 async def test_image_tokens_count_against_max_input_tokens(make_vlm_engine: Any) -> None:
-    from autoglm_runtime.engine import Engine, EngineConfig, ModelRunner, PromptTooLongError, SamplingParams
+    from autoglm_runtime.engine import Engine, EngineConfig, PromptTooLongError, SamplingParams
 
     engine = make_vlm_engine()
     ids, mm = _image_chat(engine, 1080, 2400, "Open settings")
@@ -341,4 +365,3 @@ async def test_image_tokens_count_against_max_input_tokens(make_vlm_engine: Any)
             await small.submit(ids, SamplingParams(max_tokens=2), mm)
     finally:
         small.stop()
-    assert isinstance(engine.runner, ModelRunner)
