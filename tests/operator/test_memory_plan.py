@@ -21,10 +21,14 @@ from autoglm_operator.memory import (
     plan_memory,
     resolve_shape,
 )
-from autoglm_operator.memory.estimator import weights_bytes
-from autoglm_operator.memory.types import GIB
+from autoglm_operator.memory.estimator import CUDA_CONTEXT_BYTES, weights_bytes
+from autoglm_operator.memory.gpus import lookup_gpu
+from autoglm_operator.memory.types import GIB, GpuInfo
+from autoglm_runtime import kvplan
+from tests.conftest import REPO
 
 GLM = "hf://THUDM/glm-4-9b-chat"
+PHONE_EXAMPLE = REPO / "examples" / "autoglm-phone-9b-nf4-autoscaling.yaml"
 
 
 def spec(**over: Any) -> api.AutoGLMDeploymentSpec:
@@ -48,19 +52,42 @@ def test_weights_of_glm4_9b_per_mode_match_the_reference_numbers():
     assert weights_bytes(shape, "none") == weights_bytes(shape, "bf16")  # bf16 checkpoint
 
 
-def test_kv_cache_is_layers_heads_dim_times_batch_times_tokens():
+def test_kv_cache_reserves_one_full_length_request_in_whole_blocks():
     shape = lookup_model(GLM)
     assert shape is not None
     e = estimate(shape, "bf16", None, 0, workload=Workload(4, 1000, 24))
-    assert e.kv_tokens == 4 * 1024
-    assert e.kv_cache_bytes == 2 * 40 * 2 * 128 * 2 * 4 * 1024
+    assert e.request_tokens == 1024
+    assert e.kv_tokens == 1024  # 64 blocks of 16: the batch size no longer multiplies it
+    assert e.kv_cache_bytes == 2 * 40 * 2 * 128 * 2 * 1024
+    assert estimate(shape, "bf16", None, 0, workload=Workload(4, 1000, 25)).kv_tokens == 1040
+
+
+def test_activations_follow_the_step_token_budget_not_the_batch():
+    shape = lookup_model(GLM)
+    assert shape is not None
+    l4 = lookup_gpu("L4")
+    assert l4 is not None
+    gpu_info = GpuInfo(l4.product, l4.memory_mib * 2**20, l4.compute_capability)
+
+    def act(**w: Any) -> int:
+        return estimate(shape, "int8", gpu_info, 1, workload=Workload(**w)).activation_bytes
+
+    assert estimate(shape, "int8", gpu_info, 1).step_tokens == kvplan.DEFAULT_BATCH_TOKENS_GPU
+    assert estimate(shape, "int8", None, 0).step_tokens == kvplan.DEFAULT_BATCH_TOKENS_CPU
+    assert act(max_batch_tokens=4096) > act(max_batch_tokens=2048) > act(max_batch_tokens=512)
+    # the batch only adds logits rows (and never lowers the step under one token per row)
+    assert act(max_batch_size=16) - act(max_batch_size=1) == 15 * 151552 * 4 * kvplan.LOGITS_COPIES
+    assert estimate(shape, "int8", gpu_info, 1, workload=Workload(64, max_batch_tokens=32)).step_tokens == 64
+    # longer prompts are prefilled in chunks: they cost KV blocks, not activations
+    assert act(max_input_tokens=100_000) == act()
 
 
 @pytest.mark.parametrize(
     ("product", "chosen", "fits"),
     [
-        ("T4", "nf4", False),
+        ("T4", "int8", True),
         ("L4", "int8", True),
+        ("A10G", "int8", True),
         ("A100-40GB", "bf16", True),
         ("A100-80GB", "bf16", True),
         ("H100", "bf16", True),
@@ -73,11 +100,13 @@ def test_auto_choice_for_glm4_9b_with_default_serving_limits(product, chosen, fi
     assert plan.fits is fits
     assert plan.requested == "auto"
     assert [e.quantization for e in plan.table] == ["none", "bf16", "fp16", "int8", "nf4", "fp4"]
+    assert plan.chosen.concurrent_full_requests is not None
+    assert plan.chosen.concurrent_full_requests >= 1
 
 
-def test_auto_never_picks_bf16_on_a_t4_and_fits_with_a_smaller_batch():
-    plan = plan_memory(spec(resources=gpu("T4"), serving={"maxBatchSize": 2}))
-    assert plan.quantization in {"fp16", "int8", "nf4"}
+def test_auto_never_picks_bf16_on_a_t4():
+    plan = plan_memory(spec(resources=gpu("T4")))
+    assert plan.quantization == "int8"
     assert plan.fits
     assert "bf16 skipped: compute capability 7.5 < 8.0" in plan.reason
     bf16 = plan.estimate_for("bf16")
@@ -86,11 +115,31 @@ def test_auto_never_picks_bf16_on_a_t4_and_fits_with_a_smaller_batch():
     assert not bf16.fits
 
 
-def test_t4_defaults_nothing_fits_and_the_reason_says_what_to_change():
-    plan = plan_memory(spec(resources=gpu("T4")))
+def test_when_nothing_fits_the_reason_names_the_token_limits_that_would():
+    def fits_with(**serving: int) -> bool:
+        body = {"maxInputTokens": 200_000, **serving}
+        return plan_memory(spec(resources=gpu("T4"), quantization="nf4", serving=body)).fits
+
+    plan = plan_memory(spec(resources=gpu("T4"), serving={"maxInputTokens": 200_000}))
     assert not plan.fits
     assert plan.reason.startswith("nothing fits on Tesla-T4")
-    assert "maxBatchSize <=" in plan.reason
+    assert "nf4 fits with serving.maxInputTokens <= " in plan.reason
+    assert "maxBatchSize" not in plan.reason
+    length = int(plan.reason.split("serving.maxInputTokens <= ")[1].split()[0])
+    assert fits_with(maxInputTokens=length)
+    assert not fits_with(maxInputTokens=length + 1)
+
+    plan = plan_memory(spec(resources=gpu("T4"), serving={"maxBatchTokens": 65536}))
+    assert not plan.fits
+    assert "nf4 fits with serving.maxBatchTokens <= " in plan.reason
+    tokens = int(plan.reason.split("serving.maxBatchTokens <= ")[1].split()[0])
+    step = {"resources": gpu("T4"), "quantization": "nf4"}
+    assert plan_memory(spec(**step, serving={"maxBatchTokens": tokens})).fits
+    assert not plan_memory(spec(**step, serving={"maxBatchTokens": tokens + 1})).fits
+
+    plan = plan_memory(spec(resources=gpu("T4"), serving={"maxNewTokens": 1_000_000}))
+    assert "even nf4 needs" in plan.reason
+    assert "serving.maxInputTokens + serving.maxNewTokens" in plan.reason
 
 
 def test_l4_reason_shows_why_bf16_was_rejected_and_what_fits():
@@ -116,7 +165,7 @@ def test_explicit_mode_that_does_not_fit_reports_numbers_and_a_suggestion():
 
 
 def test_explicit_bf16_on_t4_is_unsupported():
-    plan = plan_memory(spec(quantization="bf16", resources=gpu("T4"), serving={"maxBatchSize": 1}))
+    plan = plan_memory(spec(quantization="bf16", resources=gpu("T4")))
     assert not plan.fits
     assert "compute capability >= 8.0" in plan.reason
 
@@ -151,6 +200,96 @@ def test_cpu_budget_is_the_container_limit_share():
     assert "fits by definition" in unlimited.reason
 
 
+def test_cpu_pool_is_sized_only_with_a_memory_limit():
+    limited = plan_memory(spec(resources={"gpu": {"count": 0}, "limits": {"memory": "64Gi"}})).chosen
+    assert limited.step_tokens == kvplan.DEFAULT_BATCH_TOKENS_CPU
+    assert limited.kv_pool_tokens is not None
+    assert limited.kv_pool_tokens > 0
+    unlimited = plan_memory(spec(resources={"gpu": {"count": 0}, "limits": {}})).chosen
+    assert unlimited.kv_pool_tokens is None
+    assert unlimited.concurrent_full_requests is None
+
+
+def test_estimator_pool_is_kvplan_pool_plan_of_the_same_inputs():
+    """What the runtime computes after loading (budget, measured weights + context, headroom, one
+    step's activations) gives the pool the estimate reports when the measurement matches."""
+    plan = plan_memory(
+        spec(
+            resources=gpu("L4", count=2),
+            quantization="int8",
+            memory={"gpuMemoryPercent": 85, "headroomPercent": 7},
+            serving={"maxBatchSize": 4, "maxBatchTokens": 1024, "maxInputTokens": 8000, "maxNewTokens": 1000},
+        )
+    )
+    e, shape = plan.chosen, plan.shape
+    budget = 2 * 23034 * 2**20 * 85 // 100
+    weights = weights_bytes(shape, "int8")
+    activation = kvplan.activation_bytes(
+        hidden_size=4096,
+        mlp_width=13696,
+        vocab_size=151552,
+        quantization="int8",
+        batch_tokens=kvplan.step_tokens(1024, 4, on_gpu=True),
+        max_rows=4,
+        dtype_bytes=2,
+    )
+    assert e.activation_bytes == activation
+    assert e.kv_bytes_per_token == kvplan.kv_bytes_per_token(40, 2, 128, 2) == 40960
+    pool = kvplan.pool_plan(
+        budget_bytes=budget,
+        used_bytes=weights + 2 * CUDA_CONTEXT_BYTES,
+        headroom_percent=7,
+        activation=activation,
+        kv_per_token=40960,
+    )
+    assert e.budget_bytes == budget
+    assert e.kv_pool_tokens == pool.tokens > 0
+    assert e.concurrent_full_requests == pool.full_requests(9000)
+    assert e.kv_tokens == kvplan.blocks_for(9000) * kvplan.BLOCK_SIZE == 9008
+    assert e.fragmentation_bytes == kvplan.fragmentation_bytes(activation + e.kv_cache_bytes)
+    # the pool plus what the fit check counts besides it stays inside the usable budget
+    pool_bytes = pool.tokens * 40960
+    dynamic = pool_bytes + activation
+    assert weights + e.context_bytes + dynamic + kvplan.fragmentation_bytes(dynamic) <= e.usable_bytes
+
+
+def test_fitting_means_the_pool_holds_one_full_length_request():
+    for product in ("T4", "L4", "A100-40GB"):
+        for mode_plan in plan_memory(spec(resources=gpu(product), serving={"maxInputTokens": 30000})).table:
+            if mode_plan.fits:
+                assert mode_plan.concurrent_full_requests is not None
+                assert mode_plan.concurrent_full_requests >= 1, (product, mode_plan.quantization)
+
+
+def test_kv_cache_tokens_caps_the_pool():
+    free = plan_memory(spec(quantization="int8")).chosen
+    capped = plan_memory(spec(quantization="int8", serving={"kvCacheTokens": 10000})).chosen
+    assert free.kv_pool_tokens is not None
+    assert free.kv_pool_tokens > 10000
+    assert capped.kv_pool_tokens == 10000  # 625 blocks
+    assert capped.concurrent_full_requests == 2  # 4608-token requests
+    assert capped.total_bytes == free.total_bytes
+
+
+def test_token_rules_of_the_serving_spec():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="maxBatchTokens: must be >= maxBatchSize"):
+        spec(serving={"maxBatchSize": 16, "maxBatchTokens": 8})
+    with pytest.raises(ValidationError, match="kvCacheTokens: must be >= maxInputTokens"):
+        spec(serving={"kvCacheTokens": 4000})
+    ok = spec(
+        serving={"maxBatchSize": 16, "maxBatchTokens": 16, "kvCacheTokens": 4608, "prefixCaching": False}
+    )
+    assert (ok.serving.max_batch_tokens, ok.serving.kv_cache_tokens, ok.serving.prefix_caching) == (
+        16,
+        4608,
+        False,
+    )
+    assert spec().serving.prefix_caching is True
+    assert spec().serving.max_batch_tokens is None
+
+
 def test_status_and_human_string():
     plan = plan_memory(spec())
     status = plan.to_status()
@@ -159,6 +298,10 @@ def test_status_and_human_string():
     assert status.weights_gib == 9.9
     assert status.total_gib == round(plan.chosen.total_bytes / GIB, 1)
     assert plan.estimated_gpu_memory == f"{status.total_gib:.1f}Gi"
+    assert status.kv_pool_tokens == plan.chosen.kv_pool_tokens
+    assert status.concurrent_full_requests == plan.chosen.concurrent_full_requests
+    assert status.concurrent_full_requests is not None
+    assert status.concurrent_full_requests >= 1
     api.AutoGLMDeploymentStatus(
         estimate=status, estimated_gpu_memory=plan.estimated_gpu_memory, quantization=plan.quantization
     )
@@ -326,8 +469,13 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
 def test_cli_table_for_glm4_on_l4(model, capsys):
     rc, out, _ = run_cli(["--model", model, "--gpu", "L4"], capsys)
     assert rc == 0
-    assert "2 x 40 layers x 2 KV heads x 128 head dim x 2 bytes = 40 KiB per token" in out
-    assert "x 8 batch x (4096 input + 512 new tokens) = 36864 tokens -> 1.4 GiB" in out
+    assert (
+        "2 x 40 layers x 2 KV heads x 128 head dim x 2 bytes = 40 KiB per token, in blocks of 16 tokens"
+        in out
+    )
+    assert "min one request of 4096 input + 512 new tokens = 4608 tokens -> 0.2 GiB; pool " in out
+    assert " full-length requests at once" in out
+    assert "one step of 2048 tokens (default on a GPU) + logits of 8 rows" in out
     for mode in ("bf16", "fp16", "int8", "nf4"):
         assert any(line.startswith(mode) for line in out.splitlines())
     assert "auto -> int8" in out
@@ -340,10 +488,18 @@ def test_cli_json_carries_the_same_numbers(capsys):
     assert rc == 0
     assert data["quantization"] == "bf16"
     assert data["kv_cache"]["bytes_per_token"] == 40960
-    assert data["kv_cache"]["tokens"] == 36864
+    assert data["kv_cache"]["tokens"] == 4608
+    assert data["kv_cache"]["request_tokens"] == 4608
+    assert data["kv_cache"]["step_tokens"] == 2048
+    assert data["kv_cache"]["pool_tokens"] > 1_000_000  # 80 GB minus 17.5 GiB of weights
+    assert data["kv_cache"]["concurrent_full_requests"] == data["kv_cache"]["pool_tokens"] // 4608
     bf16 = next(r for r in data["table"] if r["quantization"] == "bf16")
     assert bf16["total_bytes"] == bf16["weights_bytes"] + bf16["kv_cache_bytes"] + bf16["overhead_bytes"]
+    assert bf16["kv_pool_tokens"] == data["kv_cache"]["pool_tokens"]
+    assert bf16["kv_pool_bytes"] == bf16["kv_pool_tokens"] * 40960
     assert data["status"]["weightsGib"] == 17.5
+    assert data["status"]["kvPoolTokens"] == bf16["kv_pool_tokens"]
+    assert data["status"]["concurrentFullRequests"] == bf16["concurrent_full_requests"]
 
 
 def test_cli_token_flags(capsys):
@@ -359,12 +515,77 @@ def test_cli_token_flags(capsys):
             "2048",
             "--max-new-tokens",
             "256",
+            "--max-batch-tokens",
+            "512",
         ],
         capsys,
     )
-    assert "x 1 batch x (1792 input + 256 new tokens) = 2048 tokens" in out
+    assert "min one request of 1792 input + 256 new tokens = 2048 tokens" in out
+    assert "one step of 512 tokens (maxBatchTokens) + logits of 1 row" in out
     assert "bf16 skipped" in out
     assert rc == 0
+
+
+def estimate_json(capsys, *argv: str) -> dict[str, Any]:
+    rc, out, err = run_cli([*argv, "-o", "json"], capsys)
+    data = json.loads(out)
+    assert rc == (0 if data["fits"] else 1), err
+    return data
+
+
+def mode(data: dict[str, Any], quantization: str) -> dict[str, Any]:
+    return next(r for r in data["table"] if r["quantization"] == quantization)
+
+
+def test_estimate_glm4_9b_fits_a_t4_at_the_defaults(capsys):
+    data = estimate_json(capsys, "--model", "THUDM/glm-4-9b-chat", "--gpu", "T4")
+    assert data["fits"]
+    assert data["quantization"] in ("int8", "nf4")  # at least nf4; in fact int8
+    nf4 = mode(data, "nf4")
+    assert nf4["fits"]
+    assert nf4["concurrent_full_requests"] >= 1
+    assert mode(data, data["quantization"])["concurrent_full_requests"] >= 1
+
+
+def test_estimate_glm4_9b_int8_fits_an_l4(capsys):
+    data = estimate_json(capsys, "--model", "THUDM/glm-4-9b-chat", "--gpu", "L4", "--quantization", "int8")
+    assert data["fits"]
+    assert data["kv_cache"]["concurrent_full_requests"] >= 8  # a full batch of full-length requests
+    assert not mode(data, "bf16")["fits"]  # 17.5 GiB of bf16 weights leave too little of 18.2 GiB
+
+
+def test_estimate_autoglm_phone_int8_fits_a_24gb_card_with_the_phone_workload(capsys):
+    data = estimate_json(
+        capsys,
+        "--model",
+        "zai-org/AutoGLM-Phone-9B",
+        "--gpu",
+        "L4",
+        "--quantization",
+        "int8",
+        "--max-input-tokens",
+        "22480",
+        "--max-new-tokens",
+        "3000",
+        "--max-batch",
+        "2",
+    )
+    assert data["fits"]
+    assert data["kv_cache"]["request_tokens"] == 25480
+    assert data["kv_cache"]["tokens"] == 25488
+    assert data["kv_cache"]["concurrent_full_requests"] >= 1
+    rtx = estimate_json(capsys, "-f", str(PHONE_EXAMPLE), "--quantization", "int8", "--gpu", "RTX4090")
+    assert rtx["fits"]
+    assert rtx["kv_cache"]["concurrent_full_requests"] >= 1
+
+
+def test_estimate_of_the_phone_example(capsys):
+    data = estimate_json(capsys, "-f", str(PHONE_EXAMPLE))
+    assert data["quantization"] == "nf4"
+    assert data["fits"]
+    assert data["kv_cache"]["concurrent_full_requests"] >= data["kv_cache"]["max_batch_size"]
+    int8 = estimate_json(capsys, "-f", str(PHONE_EXAMPLE), "--quantization", "int8")
+    assert int8["fits"]
 
 
 def test_cli_reads_a_cr_from_stdin_and_exits_1_when_it_does_not_fit(capsys, monkeypatch):

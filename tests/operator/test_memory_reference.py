@@ -92,7 +92,8 @@ def test_kv_cache_formula_equals_a_real_dynamic_cache():
     measured = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
     shape = shape_from_config({"model_type": "glm", **cfg.to_dict()})
     e = estimate(shape, "bf16", None, 0, workload=Workload(batch, tokens - 1, 1))
-    assert e.kv_cache_bytes == measured
+    assert e.kv_bytes_per_token * batch * tokens == measured
+    assert e.kv_cache_bytes == e.kv_bytes_per_token * 16  # one request of 11 tokens: one 16-token block
 
 
 def _quant_state_bytes(model) -> int:

@@ -719,3 +719,34 @@ def test_image_limits_reach_the_runtime_settings() -> None:
     assert data["AUTOGLM_IMAGE_URL_TIMEOUT_S"] == "5.0"
     assert data["AUTOGLM_IMAGE_URL_MAX_BYTES"] == "4194304"
     assert "AUTOGLM_IMAGE_URL_HOSTS" not in settings(run(cr()))
+
+
+def test_token_budget_pool_and_headroom_reach_the_runtime_settings() -> None:
+    data = settings(
+        run(
+            cr(
+                serving={"maxBatchTokens": 4096, "kvCacheTokens": 100000, "prefixCaching": False},
+                memory={"headroomPercent": 15},
+            )
+        )
+    )
+    assert data["AUTOGLM_MAX_BATCH_TOKENS"] == "4096"
+    assert data["AUTOGLM_KV_CACHE_TOKENS"] == "100000"
+    assert data["AUTOGLM_PREFIX_CACHING"] == "false"
+    assert data["AUTOGLM_MEMORY_HEADROOM_PERCENT"] == "15"
+    defaults = settings(run(cr()))
+    assert "AUTOGLM_MAX_BATCH_TOKENS" not in defaults  # the runtime's device default
+    assert "AUTOGLM_KV_CACHE_TOKENS" not in defaults  # the pool takes what the budget leaves
+    assert defaults["AUTOGLM_PREFIX_CACHING"] == "true"
+    assert defaults["AUTOGLM_MEMORY_HEADROOM_PERCENT"] == "10"
+
+
+def test_headroom_bounds_match_the_runtime_setting() -> None:
+    from autoglm_operator import api
+
+    ours = api.MemorySpec.model_fields["headroom_percent"].metadata
+    theirs = RuntimeSettings.model_fields["memory_headroom_percent"].metadata
+    assert ours == theirs
+    assert api.MemorySpec.model_fields["headroom_percent"].default == (
+        RuntimeSettings.model_fields["memory_headroom_percent"].default
+    )

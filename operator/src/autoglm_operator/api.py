@@ -294,7 +294,11 @@ class MemorySpec(ApiModel):
         description="Share of the container memory limit for offloaded weights (accelerate max_memory).",
     )
     headroom_percent: int = Field(
-        10, ge=0, le=50, description="Extra margin the fit check keeps free within the GPU budget."
+        10,
+        ge=0,
+        le=50,
+        description="Margin kept free within the memory budget: by the fit check, and by the runtime "
+        "when it sizes the KV-cache pool.",
     )
     skip_fit_check: StrictBool = Field(
         False, description="Create pods even when the estimate says the model does not fit (they may OOM)."
@@ -323,12 +327,38 @@ class ServingSpec(ApiModel):
                 message="must be <= maxConcurrentRequests",
                 field_path=".maxBatchSize",
             ),
+            CelRule(
+                rule="!has(self.maxBatchTokens) || self.maxBatchTokens >= self.maxBatchSize",
+                message="must be >= maxBatchSize (every row of a full batch decodes one token per step)",
+                field_path=".maxBatchTokens",
+            ),
+            CelRule(
+                rule="!has(self.kvCacheTokens) || self.kvCacheTokens >= self.maxInputTokens + self.maxNewTokens",
+                message="must be >= maxInputTokens + maxNewTokens (the pool must hold one full-length request)",
+                field_path=".kvCacheTokens",
+            ),
         )
     )
 
     port: int = Field(8000, ge=1024, le=65535, description="Container and Service port (non-root: >= 1024).")
     max_batch_size: int = Field(
         8, ge=1, le=256, description="Requests decoded together; 1 disables batching."
+    )
+    max_batch_tokens: int | None = Field(
+        None,
+        ge=1,
+        le=1048576,
+        description="Tokens one engine step runs (decode tokens of the running requests + prompt chunks); "
+        "bounds the activation memory. Default: 2048 on a GPU, 512 on a CPU.",
+    )
+    kv_cache_tokens: int | None = Field(
+        None,
+        ge=1,
+        le=100000000,
+        description="Cap on the KV-cache pool, in tokens. Default: every block the memory budget leaves.",
+    )
+    prefix_caching: StrictBool = Field(
+        True, description="Reuse the KV blocks of prompt prefixes seen before (shared system prompts)."
     )
     batch_window_ms: int = Field(5, ge=0, le=1000, description="Milliseconds to wait to fill a batch.")
     max_concurrent_requests: int = Field(64, ge=1, le=10000, description="Requests in flight per pod.")
@@ -648,11 +678,21 @@ class MemoryEstimateStatus(ApiModel):
     """The memory estimate of the chosen quantization, in GiB."""
 
     weights_gib: float = Field(..., description="Weights.")
-    kv_cache_gib: float = Field(..., description="KV cache at max batch × max tokens.")
-    overhead_gib: float = Field(..., description="CUDA context, activations, fragmentation.")
+    kv_cache_gib: float = Field(
+        ..., description="KV cache the fit check reserves: one request of maxInputTokens + maxNewTokens."
+    )
+    overhead_gib: float = Field(..., description="CUDA context, activations of one step, fragmentation.")
     total_gib: float = Field(..., description="Per-replica total.")
     budget_gib: float = Field(..., description="GPU budget per replica (memory × count × gpuMemoryPercent).")
     fits: StrictBool = Field(..., description="total <= budget minus headroom.")
+    kv_pool_tokens: int | None = Field(
+        None,
+        ge=0,
+        description="Tokens the KV-cache pool holds: what the budget leaves after weights and one step.",
+    )
+    concurrent_full_requests: int | None = Field(
+        None, ge=0, description="Full-length requests (maxInputTokens + maxNewTokens) the pool holds at once."
+    )
 
 
 class AutoGLMDeploymentStatus(ApiModel):

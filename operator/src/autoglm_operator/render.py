@@ -97,6 +97,9 @@ def _settings_checker() -> type[pydantic.BaseModel]:
 # Spec field each runtime setting comes from, to name the right field when the runtime would refuse it.
 _SETTING_SOURCE = {
     "max_batch_size": "spec.serving.maxBatchSize",
+    "max_batch_tokens": "spec.serving.maxBatchTokens",
+    "kv_cache_tokens": "spec.serving.kvCacheTokens",
+    "prefix_caching": "spec.serving.prefixCaching",
     "batch_window_ms": "spec.serving.batchWindowMs",
     "max_concurrent_requests": "spec.serving.maxConcurrentRequests",
     "max_queue": "spec.serving.maxQueue",
@@ -115,6 +118,7 @@ _SETTING_SOURCE = {
     "port": "spec.serving.port",
     "gpu_memory_percent": "spec.memory.gpuMemoryPercent",
     "host_memory_percent": "spec.memory.hostMemoryPercent",
+    "memory_headroom_percent": "spec.memory.headroomPercent",
     "served_model_name": "spec.model.servedModelName",
     "quantization": "spec.quantization",
 }
@@ -131,7 +135,9 @@ def runtime_settings(spec: AutoGLMDeploymentSpec, plan: MemoryPlan, loc: pod.Mod
         "quantization": plan.quantization,
         "gpu_memory_percent": spec.memory.gpu_memory_percent,
         "host_memory_percent": spec.memory.host_memory_percent,
+        "memory_headroom_percent": spec.memory.headroom_percent,
         "max_batch_size": s.max_batch_size,
+        "prefix_caching": s.prefix_caching,
         "batch_window_ms": s.batch_window_ms,
         "max_concurrent_requests": s.max_concurrent_requests,
         "max_queue": s.max_queue,
@@ -152,6 +158,11 @@ def runtime_settings(spec: AutoGLMDeploymentSpec, plan: MemoryPlan, loc: pod.Mod
         "shutdown_grace_s": pod.SHUTDOWN_GRACE_SECONDS,
         "log_format": "json",
     }
+    # Unset: left to the runtime's defaults (the device's step budget; a pool of what the budget leaves).
+    if s.max_batch_tokens is not None:
+        values["max_batch_tokens"] = s.max_batch_tokens
+    if s.kv_cache_tokens is not None:
+        values["kv_cache_tokens"] = s.kv_cache_tokens
     if s.image_url_hosts:
         values["image_url_hosts"] = ",".join(s.image_url_hosts)
         values["image_url_timeout_s"] = s.image_url_timeout_seconds

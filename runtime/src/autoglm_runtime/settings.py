@@ -69,11 +69,30 @@ class RuntimeSettings(BaseSettings):
     # --- memory ------------------------------------------------------------------------------
     gpu_memory_percent: int = Field(90, ge=10, le=100, description="Share of each visible GPU's memory.")
     host_memory_percent: int = Field(75, ge=10, le=100, description="Share of the container memory limit.")
+    memory_headroom_percent: int = Field(
+        10,
+        ge=0,
+        le=50,
+        description="Share of the memory budget the KV pool leaves free (the fit check's headroom).",
+    )
 
     # --- batching and limits -----------------------------------------------------------------
     max_batch_size: int = Field(
         8, ge=1, le=256, description="Requests decoded together; 1 disables batching."
     )
+    max_batch_tokens: int = Field(
+        0,
+        ge=0,
+        le=1_048_576,
+        description="Tokens one engine step runs (decode tokens + prompt chunks); 0 = 2048 on a GPU, 512 on a CPU.",
+    )
+    kv_cache_tokens: int = Field(
+        0,
+        ge=0,
+        le=100_000_000,
+        description="Cap on the KV pool, in tokens; 0 = size it from the memory left.",
+    )
+    prefix_caching: bool = Field(True, description="Reuse the KV blocks of prompt prefixes seen before.")
     batch_window_ms: float = Field(5.0, ge=0, le=1000, description="How long to wait to fill a batch.")
     max_concurrent_requests: int = Field(64, ge=1, le=10000, description="Requests admitted at once.")
     max_queue: int = Field(256, ge=0, le=100000, description="Admitted requests waiting beyond that get 429.")

@@ -17,8 +17,9 @@ from pydantic import ValidationError
 
 from autoglm_operator import api
 from autoglm_operator.memory import MemoryFitError, MemoryPlan, plan_memory
-from autoglm_operator.memory.estimator import CUDA_CONTEXT_BYTES, FRAGMENTATION_PERCENT
+from autoglm_operator.memory.estimator import CUDA_CONTEXT_BYTES
 from autoglm_operator.memory.types import GIB, Estimate
+from autoglm_runtime.kvplan import BLOCK_SIZE, FRAGMENTATION_PERCENT
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,6 +43,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-input-tokens", type=int, help="serving.maxInputTokens")
     p.add_argument("--max-new-tokens", type=int, help="serving.maxNewTokens")
+    p.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        help="serving.maxBatchTokens: tokens per engine step (default 2048 on a GPU)",
+    )
+    p.add_argument("--kv-cache-tokens", type=int, help="serving.kvCacheTokens: cap on the KV pool in tokens")
     p.add_argument("--gpu-memory-percent", type=int, help="memory.gpuMemoryPercent")
     p.add_argument("--headroom-percent", type=int, help="memory.headroomPercent")
     p.add_argument(
@@ -73,6 +80,8 @@ def _apply_flags(spec: dict[str, Any], args: argparse.Namespace) -> dict[str, An
         spec.setdefault("model", {})["source"] = _source(args.model)
     if args.quantization:
         spec["quantization"] = args.quantization
+        if args.quantization not in ("nf4", "fp4", "auto"):
+            spec.pop("quantizationOptions", None)  # 4-bit options of the file do not apply to this mode
     gpu = spec.setdefault("resources", {}).setdefault("gpu", {})
     for flag, key in (
         ("gpu", "product"),
@@ -93,6 +102,10 @@ def _apply_flags(spec: dict[str, Any], args: argparse.Namespace) -> dict[str, An
         serving["maxConcurrentRequests"] = max(args.max_batch, int(serving.get("maxConcurrentRequests", 64)))
     if args.max_new_tokens is not None:
         serving["maxNewTokens"] = args.max_new_tokens
+    if args.max_batch_tokens is not None:
+        serving["maxBatchTokens"] = args.max_batch_tokens
+    if args.kv_cache_tokens is not None:
+        serving["kvCacheTokens"] = args.kv_cache_tokens
     if args.max_input_tokens is not None:
         serving["maxInputTokens"] = args.max_input_tokens
     if args.max_tokens is not None:
@@ -105,6 +118,20 @@ def _apply_flags(spec: dict[str, Any], args: argparse.Namespace) -> dict[str, An
 
 def _g(n: int) -> str:
     return f"{n / GIB:.1f}"
+
+
+def _rows(n: int) -> str:
+    return f"{n} row" if n == 1 else f"{n} rows"
+
+
+def _pool(e: Estimate) -> str:
+    if e.kv_pool_tokens is None:
+        return "pool not sized (no memory budget to size it from)"
+    assert e.kv_pool_bytes is not None
+    return (
+        f"pool {e.kv_pool_tokens} tokens ({_g(e.kv_pool_bytes)} GiB) = "
+        f"{e.concurrent_full_requests} full-length requests at once"
+    )
 
 
 def _table(name: str, spec: api.AutoGLMDeploymentSpec, plan: MemoryPlan) -> str:
@@ -137,27 +164,39 @@ def _table(name: str, spec: api.AutoGLMDeploymentSpec, plan: MemoryPlan) -> str:
     kvb = e0.kv_bytes_per_token // (2 * s.num_layers * s.num_kv_heads * s.head_dim)
     out.append(
         f"kv cache  2 x {s.num_layers} layers x {s.num_kv_heads} KV heads x {s.head_dim} head dim x {kvb} bytes "
-        f"= {e0.kv_bytes_per_token / 1024:.0f} KiB per token"
+        f"= {e0.kv_bytes_per_token / 1024:.0f} KiB per token, in blocks of {BLOCK_SIZE} tokens"
     )
     out.append(
-        f"          x {w.max_batch_size} batch x ({w.max_input_tokens} input + {w.max_new_tokens} new tokens) "
-        f"= {e0.kv_tokens} tokens -> {_g(e0.kv_cache_bytes)} GiB"
+        f"          min one request of {w.max_input_tokens} input + {w.max_new_tokens} new tokens "
+        f"= {e0.kv_tokens} tokens -> {_g(e0.kv_cache_bytes)} GiB; {_pool(e0)}"
     )
     out.append("")
-    header = f"{'mode':<6} {'weights':>8} {'kv cache':>9} {'overhead':>9} {'total':>7} {'budget':>7} {'usable':>7}  fits"
-    out.append(header + "   (GiB)")
+    header = (
+        f"{'mode':<6} {'weights':>8} {'kv min':>7} {'overhead':>9} {'total':>7} {'budget':>7} {'usable':>7}  "
+        f"{'fits':<4} {'kv pool':>12} {'full':>5}"
+    )
+    out.append(header + "   (GiB; kv pool in tokens; full = full-length requests at once)")
     for e in plan.table:
         fits = "yes" if e.fits else ("n/a" if not e.supported else "no")
         mark = "  <- " + ("auto" if plan.requested == "auto" else "planned") if e is plan.chosen else ""
+        pool = "-" if e.kv_pool_tokens is None else str(e.kv_pool_tokens)
+        full = "-" if e.concurrent_full_requests is None else str(e.concurrent_full_requests)
         out.append(
-            f"{e.quantization:<6} {_g(e.weights_bytes):>8} {_g(e.kv_cache_bytes):>9} {_g(e.overhead_bytes):>9} "
-            f"{_g(e.total_bytes):>7} {_g(e.budget_bytes):>7} {_g(e.usable_bytes):>7}  {fits}{mark}"
+            f"{e.quantization:<6} {_g(e.weights_bytes):>8} {_g(e.kv_cache_bytes):>7} {_g(e.overhead_bytes):>9} "
+            f"{_g(e.total_bytes):>7} {_g(e.budget_bytes):>7} {_g(e.usable_bytes):>7}  {fits:<4} {pool:>12} {full:>5}{mark}"
         )
     ctx = "CPU process" if gpu is None else f"CUDA context {CUDA_CONTEXT_BYTES / GIB:.1f} x {plan.gpu_count}"
+    step = (
+        "maxBatchTokens"
+        if w.max_batch_tokens
+        else ("default on a CPU" if gpu is None else "default on a GPU")
+    )
+    if e0.step_tokens == w.max_batch_size and e0.step_tokens != w.max_batch_tokens:
+        step = "maxBatchSize"
     out.append(
         f"overhead ({e0.quantization}) = {ctx} {_g(e0.context_bytes)} + activations {_g(e0.activation_bytes)} "
-        f"(prefill of {w.max_batch_size} x {w.max_input_tokens} tokens + logits) + fragmentation "
-        f"{FRAGMENTATION_PERCENT}% of KV+activations {_g(e0.fragmentation_bytes)}"
+        f"(one step of {e0.step_tokens} tokens ({step}) + logits of {_rows(min(w.max_batch_size, e0.step_tokens))}) "
+        f"+ fragmentation {FRAGMENTATION_PERCENT}% of KV+activations {_g(e0.fragmentation_bytes)}"
     )
     out.append("")
     verdict = "fits" if plan.fits else "DOES NOT FIT"
@@ -176,6 +215,10 @@ def _estimate_json(e: Estimate) -> dict[str, Any]:
         "context_bytes": e.context_bytes,
         "activation_bytes": e.activation_bytes,
         "fragmentation_bytes": e.fragmentation_bytes,
+        "step_tokens": e.step_tokens,
+        "kv_pool_tokens": e.kv_pool_tokens,
+        "kv_pool_bytes": e.kv_pool_bytes,
+        "concurrent_full_requests": e.concurrent_full_requests,
         "total_bytes": e.total_bytes,
         "budget_bytes": e.budget_bytes,
         "headroom_bytes": e.headroom_bytes,
@@ -216,8 +259,14 @@ def _json(name: str, spec: api.AutoGLMDeploymentSpec, plan: MemoryPlan) -> dict[
         },
         "kv_cache": {
             "bytes_per_token": plan.chosen.kv_bytes_per_token,
+            "block_size": BLOCK_SIZE,
             "tokens": plan.chosen.kv_tokens,
+            "request_tokens": plan.chosen.request_tokens,
+            "pool_tokens": plan.chosen.kv_pool_tokens,
+            "concurrent_full_requests": plan.chosen.concurrent_full_requests,
             "max_batch_size": spec.serving.max_batch_size,
+            "max_batch_tokens": spec.serving.max_batch_tokens,
+            "step_tokens": plan.chosen.step_tokens,
             "max_input_tokens": spec.serving.max_input_tokens,
             "max_new_tokens": spec.serving.max_new_tokens,
         },

@@ -1,4 +1,9 @@
-"""Bytes one replica needs for a model in one quantization mode: weights + KV cache + overhead.
+"""Bytes one replica needs for a model in one quantization mode, and the KV pool left over.
+
+The engine runs at most ``max_batch_tokens`` tokens per forward step and keeps the KV cache in a pool
+of fixed-size blocks sized after loading from what is left of the budget. The shared formula (step
+budget, activations, blocks, fragmentation, the pool) lives in :mod:`autoglm_runtime.kvplan`, which
+the runtime imports too, so the fit check here and the pool the runtime allocates agree.
 
 Every constant is documented in ``docs/memory.md`` ("Will my model fit?"); keep the two in step.
 """
@@ -8,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from autoglm_operator.memory.types import GIB, MIB, Estimate, GpuInfo, ModelShape
+from autoglm_runtime import kvplan
 
 MODES = ("none", "bf16", "fp16", "int8", "nf4", "fp4")
 
@@ -21,30 +27,31 @@ DOUBLE_QUANT_BLOCK = 256
 CUDA_CONTEXT_BYTES = 512 * MIB
 # Resident size of the runtime process itself (Python, torch, transformers) when it runs on the CPU.
 CPU_PROCESS_BYTES = 1 * GIB
-# fp32 logits of the last position (transformers computes only that one while generating), times the
-# copies sampling makes (processed scores, softmax probabilities).
-LOGITS_COPIES = 3
-# The caching allocator's slack on what is allocated and freed while serving (KV cache, activations).
-FRAGMENTATION_PERCENT = 10
 
 
 @dataclass(frozen=True)
 class Workload:
-    """The serving limits that size the KV cache and activations (spec.serving)."""
+    """The serving limits that size the step and the KV cache (spec.serving)."""
 
     max_batch_size: int = 8
     max_input_tokens: int = 4096
     max_new_tokens: int = 512
+    max_batch_tokens: int | None = None  # tokens per engine step; None = the device's default
+    kv_cache_tokens: int | None = None  # cap on the KV pool in tokens; None = all the memory left
+
+    @property
+    def request_tokens(self) -> int:
+        """Tokens of one full-length request: the longest prompt plus the most new tokens."""
+        return self.max_input_tokens + self.max_new_tokens
 
     @property
     def kv_tokens(self) -> int:
-        """Tokens the KV cache must hold: every slot of a full batch at its longest."""
-        return self.max_batch_size * (self.max_input_tokens + self.max_new_tokens)
+        """KV slots the fit check reserves: one full-length request, in whole blocks."""
+        return kvplan.blocks_for(self.request_tokens) * kvplan.BLOCK_SIZE
 
-    @property
-    def prefill_tokens(self) -> int:
-        """Tokens of the largest forward pass: a full batch of longest prompts, prefilled together."""
-        return self.max_batch_size * self.max_input_tokens
+    def step_tokens(self, *, on_gpu: bool) -> int:
+        """Tokens of the largest forward pass: the step budget (decode tokens + prompt chunks)."""
+        return kvplan.step_tokens(self.max_batch_tokens, self.max_batch_size, on_gpu=on_gpu)
 
 
 def compute_dtype_bytes(
@@ -85,24 +92,18 @@ def weights_bytes(
 
 
 def activation_bytes(
-    shape: ModelShape, quantization: str, workload: Workload, *, dtype_bytes: int = 2
+    shape: ModelShape, quantization: str, workload: Workload, *, dtype_bytes: int = 2, on_gpu: bool = True
 ) -> int:
-    """Peak working set of the largest forward pass (the prefill) plus the logits.
-
-    Inference frees each layer's activations before the next, so the peak is one layer's: the
-    residual stream and the normed input (2 x hidden) live while the gated MLP holds gate+up (2 x
-    intermediate), the activation and the product (2 x intermediate): (2h + 4i) per token. int8
-    matmuls add an int8 copy of the input and an int32 result before it is dequantized; 4-bit
-    matmuls on a batch dequantize one weight matrix (the fused gate+up, h x 2i) to 16-bit.
-    """
-    h, i = shape.hidden_size, shape.mlp_width
-    per_token = dtype_bytes * (2 * h + 4 * i)
-    if quantization == "int8":
-        per_token = max(per_token, dtype_bytes * 2 * h + h + 2 * i * 4 + 2 * i * dtype_bytes)
-    total = workload.prefill_tokens * per_token
-    if quantization in ("nf4", "fp4"):
-        total += h * 2 * i * dtype_bytes
-    return total + workload.max_batch_size * shape.vocab_size * 4 * LOGITS_COPIES
+    """Peak working set of one engine step (:func:`autoglm_runtime.kvplan.activation_bytes`)."""
+    return kvplan.activation_bytes(
+        hidden_size=shape.hidden_size,
+        mlp_width=shape.mlp_width,
+        vocab_size=shape.vocab_size,
+        quantization=quantization,
+        batch_tokens=workload.step_tokens(on_gpu=on_gpu),
+        max_rows=workload.max_batch_size,
+        dtype_bytes=dtype_bytes,
+    )
 
 
 def estimate(
@@ -122,6 +123,10 @@ def estimate(
 
     GPU budget = memory x count x gpu_memory_percent / 100; CPU budget = ``host_budget_bytes`` (the
     container memory limit x hostMemoryPercent, computed by the planner); None there means no limit.
+
+    The fit check counts weights + context + one step's activations + the KV blocks of one
+    full-length request + fragmentation; the pool is what the runtime will allocate from the rest
+    (:func:`autoglm_runtime.kvplan.pool_plan` with the same inputs).
     """
     workload = workload or Workload()
     on_cpu = gpu is None or count == 0
@@ -129,13 +134,14 @@ def estimate(
     dtype_bytes = compute_dtype_bytes(quantization, shape, on_cpu=on_cpu, compute_dtype=compute_dtype)
     kv_per_token = shape.kv_bytes_per_token(dtype_bytes)
     kv = kv_per_token * workload.kv_tokens
-    activations = activation_bytes(shape, quantization, workload, dtype_bytes=dtype_bytes)
+    activations = activation_bytes(shape, quantization, workload, dtype_bytes=dtype_bytes, on_gpu=not on_cpu)
     context = CPU_PROCESS_BYTES if on_cpu else CUDA_CONTEXT_BYTES * count
-    fragmentation = (kv + activations) * FRAGMENTATION_PERCENT // 100
+    fragmentation = kvplan.fragmentation_bytes(activations + kv)
     overhead = context + activations + fragmentation
     total = weights + kv + overhead
 
     supported, note = True, ""
+    pool: kvplan.PoolPlan | None = None
     if on_cpu:
         if host_budget_bytes is None:
             budget, headroom = total, 0
@@ -154,6 +160,22 @@ def estimate(
             note = f"bf16 needs compute capability >= 8.0; {gpu.name} has {cc[0]}.{cc[1]}"
         elif uses_bf16 and cc is None:
             note = "compute capability unknown: bf16 assumed to work (set resources.gpu.computeCapability)"
+    if budget > 0 and not (on_cpu and host_budget_bytes is None):
+        pool = kvplan.pool_plan(
+            budget_bytes=budget,
+            used_bytes=weights + context,
+            headroom_percent=headroom_percent,
+            activation=activations,
+            kv_per_token=kv_per_token,
+        )
+    pool_tokens = full_requests = None
+    if pool is not None:
+        blocks = pool.blocks
+        if workload.kv_cache_tokens:
+            blocks = min(blocks, kvplan.blocks_for(workload.kv_cache_tokens))
+        pool_tokens = blocks * kvplan.BLOCK_SIZE
+        need = kvplan.blocks_for(workload.request_tokens)
+        full_requests = blocks // need
     return Estimate(
         quantization=quantization,
         weights_bytes=weights,
@@ -168,4 +190,8 @@ def estimate(
         context_bytes=context,
         activation_bytes=activations,
         fragmentation_bytes=fragmentation,
+        step_tokens=workload.step_tokens(on_gpu=not on_cpu),
+        request_tokens=workload.request_tokens,
+        kv_pool_tokens=pool_tokens,
+        concurrent_full_requests=full_requests,
     )

@@ -9,6 +9,7 @@ suggestion. Inputs that allow no estimate raise :class:`MemoryFitError` naming t
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from autoglm_operator.memory.catalog import catalog_names, lookup_model
@@ -31,6 +32,18 @@ _HINT_CAMEL = {
     "hidden_size": "hiddenSize",
     "vocab_size": "vocabSize",
 }
+
+
+def workload_of(spec: AutoGLMDeploymentSpec) -> Workload:
+    """The serving limits of ``spec`` that size the step and the KV cache."""
+    s = spec.serving
+    return Workload(
+        max_batch_size=s.max_batch_size,
+        max_input_tokens=s.max_input_tokens,
+        max_new_tokens=s.max_new_tokens,
+        max_batch_tokens=s.max_batch_tokens,
+        kv_cache_tokens=s.kv_cache_tokens,
+    )
 
 
 def resolve_shape(
@@ -122,20 +135,48 @@ def _bigger_hardware(e: Estimate, gpu: GpuInfo | None, count: int, percent: int,
     return f"GPUs with >= {per_gpu / 2**30:.0f} GiB each, or more GPUs per replica"
 
 
-def _smaller_batch(
+def _largest_fitting(low: int, high: int, fits: Callable[[int], bool]) -> int | None:
+    """The largest value in [low, high] for which ``fits`` holds (``fits`` is monotone: true up to
+    some value, false above it), or None."""
+    if high < low or not fits(low):
+        return None
+    while low < high:
+        mid = (low + high + 1) // 2
+        if fits(mid):
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def _smaller_workload(
     shape: ModelShape,
     mode: str,
     gpu: GpuInfo | None,
     count: int,
     workload: Workload,
     kwargs: dict[str, object],
-) -> int | None:
-    """The largest maxBatchSize below the current one with which ``mode`` fits, if any."""
-    for batch in range(workload.max_batch_size - 1, 0, -1):
-        trial = dataclasses.replace(workload, max_batch_size=batch)
-        if estimate(shape, mode, gpu, count, workload=trial, **kwargs).fits:  # type: ignore[arg-type]
-            return batch
-    return None
+) -> list[str]:
+    """What would make ``mode`` fit: a smaller step token budget (activations) and/or shorter
+    requests (the KV blocks of one full-length request). Batch size barely matters any more: the
+    engine's step is bounded by maxBatchTokens, not by maxBatchSize x maxInputTokens."""
+
+    def fits(**change: int) -> bool:
+        trial = dataclasses.replace(workload, **change)
+        return estimate(shape, mode, gpu, count, workload=trial, **kwargs).fits  # type: ignore[arg-type]
+
+    on_gpu = gpu is not None and count > 0
+    hints = []
+    step = workload.step_tokens(on_gpu=on_gpu)
+    tokens = _largest_fitting(workload.max_batch_size, step - 1, lambda n: fits(max_batch_tokens=n))
+    if tokens is not None:
+        hints.append(f"serving.maxBatchTokens <= {tokens}")
+    length = _largest_fitting(1, workload.max_input_tokens - 1, lambda n: fits(max_input_tokens=n))
+    if length is not None:
+        hints.append(
+            f"serving.maxInputTokens <= {length} (requests of {length + workload.max_new_tokens} tokens)"
+        )
+    return hints
 
 
 def plan_memory(
@@ -160,9 +201,7 @@ def plan_memory(
             ) from None
         return _plan_unknown_gpu(spec, shape)
     count = gpu_spec.count if gpu is not None else 0
-    workload = Workload(
-        spec.serving.max_batch_size, spec.serving.max_input_tokens, spec.serving.max_new_tokens
-    )
+    workload = workload_of(spec)
     options = spec.quantization_options
     host_budget = None
     if gpu is None and spec.resources.limits.memory:
@@ -185,10 +224,16 @@ def plan_memory(
         if fitting:
             return f"suggest {fitting[0]} ({gib(by_mode[fitting[0]].total_bytes)} GiB)"
         smallest = by_mode["nf4"]
-        batch = _smaller_batch(shape, "nf4", gpu, count, workload, kwargs)
-        if batch:
-            return f"nf4 fits with serving.maxBatchSize <= {batch}"
-        return f"even nf4 needs {gib(smallest.total_bytes)} GiB: use {_bigger_hardware(smallest, gpu, count, spec.memory.gpu_memory_percent, spec.memory.headroom_percent)} or lower serving.maxInputTokens"
+        hints = _smaller_workload(shape, "nf4", gpu, count, workload, kwargs)
+        if hints:
+            return "nf4 fits with " + " or ".join(hints)
+        hardware = _bigger_hardware(
+            smallest, gpu, count, spec.memory.gpu_memory_percent, spec.memory.headroom_percent
+        )
+        return (
+            f"even nf4 needs {gib(smallest.total_bytes)} GiB: use {hardware} or lower "
+            "serving.maxInputTokens + serving.maxNewTokens"
+        )
 
     if requested == "auto":
         skipped: list[str] = []
@@ -234,9 +279,7 @@ def _plan_unknown_gpu(spec: AutoGLMDeploymentSpec, shape: ModelShape) -> MemoryP
     """An explicit mode on a GPU nobody described: what the replica needs, and no verdict."""
     gpu = GpuInfo(UNKNOWN_GPU, 0)
     count = spec.resources.gpu.count
-    workload = Workload(
-        spec.serving.max_batch_size, spec.serving.max_input_tokens, spec.serving.max_new_tokens
-    )
+    workload = workload_of(spec)
     options = spec.quantization_options
     table = [
         estimate(
@@ -279,4 +322,4 @@ def _auto_allowed(mode: str, gpu: GpuInfo | None) -> bool:
     return gpu.compute_capability is not None and gpu.compute_capability >= (8, 0)
 
 
-__all__ = ["AUTO_ORDER", "format_gib", "plan_memory", "resolve_shape"]
+__all__ = ["AUTO_ORDER", "format_gib", "plan_memory", "resolve_shape", "workload_of"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from autoglm_runtime import kvplan
+
 if TYPE_CHECKING:
     from autoglm_operator.api import MemoryEstimateStatus
 
@@ -87,7 +89,7 @@ class ModelShape:
 
     def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
         """Key + value for every layer: 2 x layers x kv_heads x head_dim x dtype bytes."""
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * dtype_bytes
+        return kvplan.kv_bytes_per_token(self.num_layers, self.num_kv_heads, self.head_dim, dtype_bytes)
 
 
 @dataclass(frozen=True)
@@ -113,11 +115,22 @@ class Estimate:
     supported: bool = True  # False e.g. bf16 on compute capability < 8
     note: str = ""
     # --- breakdown (added after the first contract; all defaulted) ------------------------------
-    kv_tokens: int = 0  # max batch x (max input + max new tokens)
+    kv_tokens: int = 0  # KV slots the fit check reserves: one full-length request, in whole blocks
     kv_bytes_per_token: int = 0  # 2 x layers x kv_heads x head_dim x dtype bytes
     context_bytes: int = 0  # CUDA context per GPU x count (or the CPU process baseline)
-    activation_bytes: int = 0  # peak prefill working set + logits (+ int8/4-bit matmul buffers)
+    activation_bytes: int = 0  # one engine step's working set + logits (+ int8/4-bit matmul buffers)
     fragmentation_bytes: int = 0  # allocator slack on the dynamic part (KV + activations)
+    step_tokens: int = 0  # tokens of one engine step (maxBatchTokens or the device default)
+    request_tokens: int = 0  # one full-length request: max input + max new tokens
+    # The KV pool the runtime will allocate from what the budget leaves (None: no budget to size it
+    # from, i.e. a CPU without a memory limit or an unknown GPU), and how many full-length requests
+    # it holds at once.
+    kv_pool_tokens: int | None = None
+    concurrent_full_requests: int | None = None
+
+    @property
+    def kv_pool_bytes(self) -> int | None:
+        return None if self.kv_pool_tokens is None else self.kv_pool_tokens * self.kv_bytes_per_token
 
     @property
     def total_bytes(self) -> int:
@@ -142,6 +155,8 @@ class Estimate:
             total_gib=gib(self.total_bytes),
             budget_gib=gib(self.budget_bytes),
             fits=self.fits,
+            kv_pool_tokens=self.kv_pool_tokens,
+            concurrent_full_requests=self.concurrent_full_requests,
         )
 
 
