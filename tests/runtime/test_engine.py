@@ -145,17 +145,17 @@ async def test_full_queue_rejects_at_once(make_engine: Any) -> None:
 
 
 class FailingRunner(ModelRunner):
-    """Failure injection: the n-th decode step raises as a CUDA OOM would."""
+    """Failure injection: the n-th model step raises as a CUDA OOM would."""
 
     def __init__(self, model: Any, tokenizer: Any, fail_at: int) -> None:
         super().__init__(model, tokenizer)
         self.calls, self.fail_at = 0, fail_at
 
-    def decode(self, tokens: list[int], mask: Any, cache: Any) -> Any:
+    def step(self, chunks: Any) -> Any:
         self.calls += 1
         if self.calls == self.fail_at:
             raise RuntimeError("CUDA out of memory (injected)")
-        return super().decode(tokens, mask, cache)
+        return super().step(chunks)
 
 
 async def test_failed_step_is_retried_in_smaller_batches_and_the_engine_keeps_serving(

@@ -109,13 +109,10 @@ class FlakyRunner(ModelRunner):
         if self.failing or (self.max_rows is not None and rows > self.max_rows) or poisoned:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
 
-    def prefill(self, prompts: Any) -> Any:
-        self._check(len(prompts), [list(p) for p in prompts])
-        return super().prefill(prompts)
-
-    def decode(self, tokens: list[int], mask: Any, cache: Any) -> Any:
-        self._check(len(tokens))
-        return super().decode(tokens, mask, cache)
+    def step(self, chunks: Any) -> Any:
+        prefills = [c.request.prompt_ids for c in chunks if c.start < len(c.request.prompt_ids)]
+        self._check(len(chunks), prefills)
+        return super().step(chunks)
 
 
 @pytest.fixture

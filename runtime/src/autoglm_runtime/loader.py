@@ -311,13 +311,7 @@ def warm_up(model: Any, tokenizer: Any, device: str, vision: Any = None) -> None
         return
     from PIL import Image
 
-    from autoglm_runtime.engine import ModelRunner
-
     image = Image.new("RGB", (112, 112), (128, 128, 128))
     mm = vision.prepare([image], ["warm-up"])
-    ids = vision.expand(
-        tokenizer(WARMUP_PROMPT, add_special_tokens=False)["input_ids"] + [vision.image_token_id], mm
-    )
-    runner = ModelRunner(model, tokenizer, device, vision=vision)
     with torch.inference_mode():
-        runner.prefill([ids], images=[mm])
+        model.model.get_image_features(mm.pixel_values.to(device), mm.image_grid_thw.to(device))

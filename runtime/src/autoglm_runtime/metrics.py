@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from autoglm_runtime.memory import gpu_memory_allocated
@@ -29,6 +29,11 @@ GPU_MEMORY_ALLOCATED = "autoglm_gpu_memory_allocated_bytes"
 MODEL_READY = "autoglm_model_ready"
 CIRCUIT_BREAKER_OPEN = "autoglm_circuit_breaker_open"
 GENERATION_FAILURES_TOTAL = "autoglm_generation_failures_total"
+KV_CACHE_BLOCKS = "autoglm_kv_cache_blocks"
+PREFIX_CACHE_QUERIED_TOKENS = "autoglm_prefix_cache_queried_tokens_total"
+PREFIX_CACHE_HIT_TOKENS = "autoglm_prefix_cache_hit_tokens_total"
+PREFIX_CACHE_HIT_RATIO = "autoglm_prefix_cache_hit_ratio"
+PREEMPTIONS_TOTAL = "autoglm_preemptions_total"
 
 # The names as they appear in /metrics (counters gain ``_total``; histograms ``_bucket/_sum/_count``).
 METRIC_NAMES: tuple[str, ...] = (
@@ -46,6 +51,11 @@ METRIC_NAMES: tuple[str, ...] = (
     MODEL_READY,
     CIRCUIT_BREAKER_OPEN,
     GENERATION_FAILURES_TOTAL,
+    KV_CACHE_BLOCKS,
+    PREFIX_CACHE_QUERIED_TOKENS,
+    PREFIX_CACHE_HIT_TOKENS,
+    PREFIX_CACHE_HIT_RATIO,
+    PREEMPTIONS_TOTAL,
 )
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -66,6 +76,46 @@ class _GpuMemoryCollector(Collector):
         for device, value in self._read().items():
             family.add_metric([device], value)
         yield family
+
+
+class _KvCacheCollector(Collector):
+    """The engine's KV pool and prefix cache, read from ``engine.stats()`` at scrape time."""
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        s = self._engine.stats()
+        blocks = GaugeMetricFamily(
+            KV_CACHE_BLOCKS,
+            "KV-cache blocks by state: used (held by running requests), cached (free, holding a "
+            "reusable prefix), free.",
+            labels=["state"],
+        )
+        blocks.add_metric(["used"], s.kv_blocks_used)
+        blocks.add_metric(["cached"], s.kv_blocks_cached)
+        blocks.add_metric(["free"], max(0, s.kv_blocks_total - s.kv_blocks_used - s.kv_blocks_cached))
+        yield blocks
+        yield CounterMetricFamily(
+            PREFIX_CACHE_QUERIED_TOKENS.removesuffix("_total"),
+            "Prompt tokens looked up in the prefix cache at admission.",
+            value=s.prefix_query_tokens,
+        )
+        yield CounterMetricFamily(
+            PREFIX_CACHE_HIT_TOKENS.removesuffix("_total"),
+            "Prompt tokens whose KV was reused from the prefix cache instead of computed.",
+            value=s.prefix_hit_tokens,
+        )
+        yield GaugeMetricFamily(
+            PREFIX_CACHE_HIT_RATIO,
+            "Share of looked-up prompt tokens found in the prefix cache since start.",
+            value=s.prefix_hit_tokens / s.prefix_query_tokens if s.prefix_query_tokens else 0.0,
+        )
+        yield CounterMetricFamily(
+            PREEMPTIONS_TOTAL.removesuffix("_total"),
+            "Running requests that gave their KV blocks back for lack of room and were recomputed.",
+            value=s.preemptions,
+        )
 
 
 class RuntimeMetrics:
@@ -132,6 +182,7 @@ class RuntimeMetrics:
         self.inflight.set_function(lambda: engine.stats().inflight)
         self.model_ready.set_function(lambda: 1.0 if engine.ready else 0.0)
         engine.batch_observers.append(self.batch_size.observe)
+        self.registry.register(_KvCacheCollector(engine))
         breaker = getattr(engine, "breaker", None)
         if breaker is not None:
             self.circuit_breaker_open.set_function(lambda: 1.0 if breaker.is_open else 0.0)

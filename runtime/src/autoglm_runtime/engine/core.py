@@ -1,28 +1,28 @@
-"""The generation engine: one model, one worker thread, continuous batching.
+"""The engine: one model, one worker thread, continuous batching by a per-step token budget.
 
-Requests wait in a bounded queue. A single worker thread owns the model and runs a loop of steps:
-it drops cancelled/expired rows, admits waiting requests into free batch slots (prefilling them
-together, left-padded, and merging their KV cache into the running batch), then decodes one token
-for every running row. Rows leave the batch as soon as they finish, so requests with different
-``max_tokens`` each stop at their own limit and short requests do not wait for long ones.
+Requests wait in a bounded queue. A single worker thread owns the model and runs a loop of
+steps; each step the :class:`~.scheduler.Scheduler` picks a decode token for every running row and
+prompt chunks up to the token budget, admitting waiting requests when the paged KV pool
+(:mod:`.blocks`) has blocks for them (reusing cached prefix blocks), and the
+:class:`~.runner.ModelRunner` runs them in one forward pass. Rows leave as soon as they finish.
 
 The event loop is never blocked: the worker hands token deltas to each request's asyncio queue with
-``loop.call_soon_threadsafe``. This module never imports FastAPI; the HTTP layer maps the typed
-errors below to status codes.
+``loop.call_soon_threadsafe``. This package never imports FastAPI; the HTTP layer maps the typed
+errors of :mod:`.requests` to status codes.
 
 Failures: a model step that raises (CUDA out of memory above all) fails only its own rows, and not
-at once: the engine frees cached memory and re-runs those rows in halves (prefilling each row's
-prompt plus the tokens it already has, so streams continue where they were); only a row that fails
-alone gets :class:`GenerationFailedError`, and counts towards :attr:`Engine.breaker`; when that
-opens, new requests get :class:`ModelUnavailableError` at once and queued ones are not fed to the
-model until a probe request succeeds. After a failure the batch cap halves, then regrows by one row
-per ``BATCH_CAP_RECOVERY_STEPS`` good steps.
+at once: the engine frees cached memory, halves the rows and tokens per step, and runs the rows
+again (their KV up to the failed step is still in the cache, so streams continue where they
+were); only a row that fails in a step of its own gets :class:`GenerationFailedError`, and counts
+towards :attr:`Engine.breaker`; when that opens, new requests get :class:`ModelUnavailableError`
+at once and queued ones are not fed to the model until a probe request succeeds. The caps regrow
+by one row per ``BATCH_CAP_RECOVERY_STEPS`` good steps.
 
 Extension points:
 - ``ModelRunner`` is the only code that touches the model; pass another ``runner`` (e.g. one that
   raises on the n-th step) to inject failures.
 - ``Engine.admission_hooks`` run in :meth:`Engine.submit` before a request is queued.
-- ``Engine.batch_observers`` get the batch size of every decode step, ``Engine.failure_observers``
+- ``Engine.batch_observers`` get the number of rows of every step, ``Engine.failure_observers``
   every failed model step (metrics).
 """
 
@@ -30,411 +30,41 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import inspect
-import itertools
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from autoglm_runtime.breaker import CircuitBreaker, CircuitOpenError
+from autoglm_runtime.engine.blocks import BlockPool
+from autoglm_runtime.engine.requests import (
+    Delta,
+    EngineConfig,
+    EngineError,
+    EngineNotReadyError,
+    EngineStats,
+    GenerationFailedError,
+    InvalidRequestError,
+    ModelUnavailableError,
+    PromptTooLongError,
+    QueueFullError,
+    RequestHandle,
+    RequestTimeoutError,
+    SamplingParams,
+    _Request,
+)
+from autoglm_runtime.engine.runner import ModelRunner
+from autoglm_runtime.engine.sampling import next_delta
+from autoglm_runtime.engine.scheduler import Chunk, Scheduler
+from autoglm_runtime.engine.sizing import plan_pool
 
 log = logging.getLogger(__name__)
-
-
-# --- errors -------------------------------------------------------------------------------------
-class EngineError(Exception):
-    """Base of the engine's typed errors; the HTTP layer maps each subclass to a status code."""
-
-
-class QueueFullError(EngineError):
-    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class EngineOverloadedError(QueueFullError):
-    """Load is being shed (e.g. by a circuit breaker); also a 429/503 with Retry-After."""
-
-
-class PromptTooLongError(EngineError):
-    pass
-
-
-class InvalidRequestError(EngineError):
-    pass
-
-
-class EngineNotReadyError(EngineError):
-    pass
-
-
-class GenerationFailedError(EngineError):
-    """The model failed on this request even in a batch of its own (e.g. out of memory)."""
-
-
-class ModelUnavailableError(EngineError):
-    """The circuit breaker is open: the model keeps failing; retry after ``retry_after_s``."""
-
-    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class RequestTimeoutError(EngineError):
-    pass
-
-
-# --- requests -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int = 16
-    temperature: float = 1.0  # 0 = greedy
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    min_tokens: int = 0  # EOS is suppressed until this many tokens (useful with random test models)
-    # OpenAI's penalties: logits of already generated tokens lose count x frequency_penalty
-    # + (count > 0) x presence_penalty (not a multiplicative repetition penalty).
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-
-
-@dataclass(frozen=True)
-class Delta:
-    """One event of a request's stream: new text, and on the last one a finish reason."""
-
-    text: str
-    finish_reason: str | None = None  # "stop" | "length" | None while streaming
-    error: EngineError | None = None
-
-
-@dataclass
-class EngineStats:
-    queue_depth: int  # waiting for a batch slot
-    running: int  # in the batch now
-    inflight: int  # admitted and not finished (waiting + running)
-    steps: int  # decode steps so far
-    max_batch_seen: int
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    max_batch_size: int = 8
-    batch_window_ms: float = 5.0
-    max_concurrent_requests: int = 64
-    max_queue: int = 256
-    max_input_tokens: int = 4096
-    max_new_tokens: int = 512
-    request_timeout_s: float = 300.0
-    breaker_failure_threshold: int = 5
-    breaker_window_s: float = 60.0
-    breaker_cooldown_s: float = 10.0
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> EngineConfig:
-        return cls(**{name: getattr(settings, name) for name in cls.__dataclass_fields__})
-
-
-_ids = itertools.count(1)
-
-
-@dataclass(eq=False)
-class _Request:
-    prompt_ids: list[int]
-    params: SamplingParams
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue[Delta]
-    deadline: float
-    id: int = field(default_factory=lambda: next(_ids))
-    generated: list[int] = field(default_factory=list)
-    sent_chars: int = 0
-    cancelled: bool = False
-    done: bool = False
-    generator: Any = None  # torch.Generator for sampling rows
-    first_token_at: float | None = None
-    submitted_at: float = field(default_factory=time.perf_counter)
-    images: Any = None  # vision.MultiModalInputs of an image request
-    rope_delta: int = 0  # multimodal rotary position offset after the images (set at prefill)
-
-    def emit(self, delta: Delta) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, delta)
-        except RuntimeError:  # the client's event loop is gone
-            self.cancelled = True
-
-
-class RequestHandle:
-    """What :meth:`Engine.submit` returns: iterate it for text deltas, or :meth:`collect` the result."""
-
-    def __init__(self, engine: Engine, request: _Request) -> None:
-        self._engine = engine
-        self._request = request
-        self.finish_reason: str | None = None
-        self.text = ""
-
-    @property
-    def id(self) -> int:
-        return self._request.id
-
-    @property
-    def prompt_tokens(self) -> int:
-        return len(self._request.prompt_ids)
-
-    @property
-    def completion_tokens(self) -> int:
-        return len(self._request.generated)
-
-    @property
-    def time_to_first_token(self) -> float | None:
-        r = self._request
-        return None if r.first_token_at is None else r.first_token_at - r.submitted_at
-
-    def cancel(self) -> None:
-        """Leave the batch at the next step (a client disconnected)."""
-        if not self._request.done:
-            self._request.cancelled = True
-            self._engine._wake()
-
-    async def __aiter__(self) -> AsyncIterator[str]:
-        """Text deltas; raises the engine's error if generation failed."""
-        try:
-            while True:
-                delta = await self._request.queue.get()
-                if delta.error is not None:
-                    raise delta.error
-                if delta.text:
-                    self.text += delta.text
-                    yield delta.text
-                if delta.finish_reason is not None:
-                    self.finish_reason = delta.finish_reason
-                    return
-        finally:
-            if self.finish_reason is None:
-                self.cancel()
-
-    async def collect(self) -> str:
-        """The whole completion text (cancels the request if the caller is cancelled)."""
-        async for _ in self:
-            pass
-        return self.text
-
-
-# --- model access -------------------------------------------------------------------------------
-class ModelRunner:
-    """The only code that runs the model: batched prefill, one decode step, KV-cache reshaping.
-
-    The cache is a transformers ``DynamicCache`` whose layers hold ``[batch, heads, seq, dim]``
-    tensors; rows are left-padded so every row's newest token is at the same position.
-    """
-
-    def __init__(self, model: Any, tokenizer: Any, device: str | None = None, vision: Any = None) -> None:
-        import torch
-
-        self.torch = torch
-        self.model = model
-        self.tokenizer = tokenizer
-        # Image-text-to-text models with multimodal rotary positions (GLM-4V, Qwen2-VL style): each
-        # row's positions come from ``get_rope_index``; after its images a row's text positions are
-        # offset by a per-row delta, which every decode step applies (rows of a batch differ).
-        self.vision = vision
-        inner = getattr(model, "model", None)
-        self.multimodal = vision is not None and hasattr(inner, "get_rope_index")
-        self.device = device or str(model.get_input_embeddings().weight.device)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        eos: set[int] = set()
-        for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
-            if isinstance(source, int):
-                eos.add(source)
-            elif source:
-                eos.update(int(i) for i in source)
-        self.eos_ids = eos
-        # transformers 5 renamed the forward argument ``past_key_values`` to ``cache``; remote-code
-        # models may still use the old name.
-        params = inspect.signature(model.forward).parameters
-        self.cache_arg = "cache" if "cache" in params else "past_key_values"
-
-    def prefill(
-        self,
-        prompts: Sequence[list[int]],
-        images: Sequence[Any] | None = None,
-        deltas_out: list[int] | None = None,
-    ) -> tuple[Any, Any, Any]:
-        """Run the prompts together; returns (last-position logits [B, V], attention mask [B, T], cache).
-
-        With a multimodal model, ``images`` holds each row's ``MultiModalInputs`` (or None) and
-        ``deltas_out`` receives each row's rotary position delta for :meth:`decode`.
-        """
-        torch = self.torch
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-            mask[row, width - len(prompt) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        extra: dict[str, Any] = {}
-        if self.multimodal:
-            rows = [m for m in (images or []) if m is not None]
-            grid = torch.cat([m.image_grid_thw for m in rows], dim=0).to(self.device) if rows else None
-            if rows:
-                extra["pixel_values"] = torch.cat([m.pixel_values for m in rows], dim=0).to(self.device)
-                extra["image_grid_thw"] = grid
-            kinds = (ids == self.vision.image_token_id).int()
-            positions, deltas = self.model.model.get_rope_index(ids, kinds, grid, attention_mask=mask)
-            if deltas_out is not None:
-                deltas_out[:] = [int(d) for d in deltas.reshape(-1).tolist()]
-        else:
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
-            **extra,
-        )
-        return out.logits[:, -1, :].float(), mask, _cache_of(out)
-
-    def decode(
-        self, tokens: list[int], mask: Any, cache: Any, deltas: Sequence[int] | None = None
-    ) -> tuple[Any, Any, Any]:
-        """Feed one token per row; returns (logits [B, V], the grown mask, the grown cache)."""
-        torch = self.torch
-        ids = torch.tensor(tokens, dtype=torch.long, device=self.device).unsqueeze(-1)
-        positions = mask.sum(-1, keepdim=True)
-        if self.multimodal:
-            offsets = torch.tensor(
-                list(deltas or [0] * len(tokens)), dtype=torch.long, device=positions.device
-            )
-            positions = (positions + offsets.unsqueeze(-1)).unsqueeze(0).expand(3, -1, -1)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            **{self.cache_arg: cache},
-        )
-        return out.logits[:, -1, :].float(), mask, _cache_of(out)
-
-    # Cache reshaping: rows join (merge) and leave (select) between steps.
-    def _layers(self, cache: Any) -> list[tuple[Any, Any]]:
-        return [(layer.keys, layer.values) for layer in cache.layers]
-
-    def _cache(self, layers: list[tuple[Any, Any]]) -> Any:
-        from transformers import DynamicCache
-
-        return DynamicCache(ddp_cache_data=layers)
-
-    def select(self, mask: Any, cache: Any, rows: list[int]) -> tuple[Any, Any]:
-        """Keep ``rows``, then drop leading columns that are padding in every remaining row."""
-        torch = self.torch
-        index = torch.tensor(rows, dtype=torch.long, device=mask.device)
-        mask = mask.index_select(0, index)
-        real = mask.any(dim=0).nonzero()
-        start = int(real[0]) if len(real) else 0
-        layers = []
-        for k, v in self._layers(cache):
-            kidx = index.to(k.device)
-            layers.append((k.index_select(0, kidx)[:, :, start:], v.index_select(0, kidx)[:, :, start:]))
-        return mask[:, start:], self._cache(layers)
-
-    def merge(self, a: tuple[Any, Any], b: tuple[Any, Any]) -> tuple[Any, Any]:
-        """Concatenate two (mask, cache) batches, left-padding the shorter one."""
-        torch = self.torch
-        (mask_a, cache_a), (mask_b, cache_b) = a, b
-        width = max(mask_a.shape[1], mask_b.shape[1])
-
-        def pad(t: Any, n: int, dim: int) -> Any:
-            if n == 0:
-                return t
-            shape = list(t.shape)
-            shape[dim] = n
-            return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim=dim)
-
-        pa, pb = width - mask_a.shape[1], width - mask_b.shape[1]
-        mask = torch.cat([pad(mask_a, pa, 1), pad(mask_b, pb, 1)], dim=0)
-        layers = []
-        for (ka, va), (kb, vb) in zip(self._layers(cache_a), self._layers(cache_b), strict=True):
-            layers.append(
-                (
-                    torch.cat([pad(ka, pa, 2), pad(kb, pb, 2).to(ka.device)], dim=0),
-                    torch.cat([pad(va, pa, 2), pad(vb, pb, 2).to(va.device)], dim=0),
-                )
-            )
-        return mask, self._cache(layers)
-
-    def sample(self, logits: Any, requests: Sequence[_Request]) -> list[int]:
-        """One token per row with that row's own temperature/top_p/seed; EOS masked below min_tokens."""
-        torch = self.torch
-        for row, r in enumerate(requests):
-            p = r.params
-            if r.generated and (p.frequency_penalty or p.presence_penalty):
-                counts = torch.bincount(
-                    torch.tensor(r.generated, device=logits.device), minlength=logits.shape[-1]
-                )[: logits.shape[-1]].to(logits.dtype)
-                logits[row] -= (
-                    counts * p.frequency_penalty + (counts > 0).to(logits.dtype) * p.presence_penalty
-                )
-        if self.eos_ids:
-            eos = torch.tensor(sorted(self.eos_ids), device=logits.device)
-            for row, r in enumerate(requests):
-                if len(r.generated) < r.params.min_tokens:
-                    logits[row, eos] = float("-inf")
-        greedy = logits.argmax(dim=-1).tolist()
-        tokens: list[int] = []
-        for row, r in enumerate(requests):
-            p = r.params
-            if p.temperature <= 0:
-                tokens.append(int(greedy[row]))
-                continue
-            probs = torch.softmax(logits[row] / p.temperature, dim=-1).cpu()
-            if p.top_p < 1.0:
-                sorted_probs, order = probs.sort(descending=True)
-                keep = sorted_probs.cumsum(0) - sorted_probs < p.top_p  # always keeps the top token
-                probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-            if r.generator is None:
-                r.generator = torch.Generator()
-                if p.seed is None:
-                    r.generator.seed()
-                else:
-                    r.generator.manual_seed(p.seed)
-            tokens.append(int(torch.multinomial(probs, 1, generator=r.generator)))
-        return tokens
-
-    def decode_text(self, ids: list[int]) -> str:
-        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
-
-
-def _cache_of(out: Any) -> Any:
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values
-
 
 BATCH_CAP_RECOVERY_STEPS = 32
 
 
-def _halves(rows: list[_Request]) -> list[list[_Request]]:
-    half = (len(rows) + 1) // 2
-    return [rows[:half], rows[half:]]
-
-
-def _stop_holdback(text: str, stops: Sequence[str]) -> int:
-    """How many trailing chars might start a stop sequence (held back from the stream)."""
-    hold = 0
-    for stop in stops:
-        for n in range(min(len(stop) - 1, len(text)), hold, -1):
-            if text.endswith(stop[:n]):
-                hold = n
-                break
-    return hold
-
-
-# --- the engine ---------------------------------------------------------------------------------
 class Engine:
     """Batches concurrent requests onto one model on one worker thread.
 
@@ -456,11 +86,13 @@ class Engine:
         self.failed_steps = 0  # model steps that raised
         self.retried_rows = 0  # rows re-run in a smaller batch after their batch failed
         self.batch_cap = config.max_batch_size  # lowered after a failed step, regrows with good steps
+        self.token_cap = 1 << 30  # tokens per step, lowered with batch_cap after a failed step
         self._steps_at_cap = 0
         self._lock = threading.Condition()
         self._waiting: deque[_Request] = deque()
-        self._running: list[_Request] = []
-        self._prefilling: list[_Request] = []  # taken from the queue, not yet in the batch
+        self._running: list[_Request] = []  # the scheduler's running rows (same list once started)
+        self.scheduler: Scheduler | None = None
+        self.pool_description = ""
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._steps = 0
@@ -475,9 +107,7 @@ class Engine:
 
     def start(self, runner: ModelRunner, model_name: str | None = None) -> None:
         """Run the worker on a new thread."""
-        self.runner = runner
-        self.tokenizer = runner.tokenizer
-        self.model_name = model_name
+        self._configure(runner, model_name)
         self._thread = threading.Thread(target=self._worker, name="autoglm-engine", daemon=True)
         self._thread.start()
 
@@ -486,11 +116,22 @@ class Engine:
 
         ``serve`` uses it so the thread that loaded the model goes on to serve it (one thread less).
         """
+        self._configure(runner, model_name)
+        self._thread = threading.current_thread()
+        self._worker()
+
+    def _configure(self, runner: ModelRunner, model_name: str | None) -> None:
+        """Size the KV pool from the memory left after loading and set up the scheduler."""
+        plan = plan_pool(runner, self.config)
+        runner.configure(plan.blocks, plan.block_size)
+        pool = BlockPool(plan.blocks, plan.block_size, prefix_caching=self.config.prefix_caching)
+        self.scheduler = Scheduler(pool, plan.step_tokens, self._waiting, self._lock, prepare=runner.prepare)
+        self._running = self.scheduler.running
+        self.pool_description = plan.describe()
+        log.info("KV cache: %s", self.pool_description)
         self.runner = runner
         self.tokenizer = runner.tokenizer
         self.model_name = model_name
-        self._thread = threading.current_thread()
-        self._worker()
 
     def stop(self, timeout: float | None = 10.0) -> None:
         """Stop the worker; requests still admitted fail with :class:`EngineNotReadyError`."""
@@ -507,8 +148,17 @@ class Engine:
     def stats(self) -> EngineStats:
         with self._lock:
             waiting = len(self._waiting)
-            running = sum(not r.done for r in self._running) + len(self._prefilling)
-        return EngineStats(waiting, running, waiting + running, self._steps, self._max_batch_seen)
+            running = sum(not r.done for r in self._running)
+        stats = EngineStats(waiting, running, waiting + running, self._steps, self._max_batch_seen)
+        if self.scheduler is not None:
+            pool = self.scheduler.pool
+            stats.kv_blocks_total = pool.num_blocks
+            stats.kv_blocks_used = pool.used
+            stats.kv_blocks_cached = pool.cached
+            stats.prefix_query_tokens = pool.query_tokens
+            stats.prefix_hit_tokens = pool.hit_tokens
+            stats.preemptions = self.scheduler.preemptions
+        return stats
 
     # admission (event-loop side)
     def tokenize_prompt(self, prompt: str | list[int]) -> list[int]:
@@ -563,6 +213,15 @@ class Engine:
             )
         if params.max_tokens > self.config.max_new_tokens:
             params = SamplingParams(**{**params.__dict__, "max_tokens": self.config.max_new_tokens})
+        scheduler = self.scheduler
+        if scheduler is not None and not scheduler.fits_ever(len(ids) + params.max_tokens):
+            raise PromptTooLongError(
+                f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) needs more KV cache than "
+                f"this server has ({scheduler.capacity_tokens()} tokens); send a shorter prompt or fewer max_tokens"
+            )
+        image_keys = []
+        if images is not None and self.runner is not None:
+            image_keys = await asyncio.to_thread(self.runner.image_keys, ids, images)
         for hook in self.admission_hooks:
             hook()
         try:
@@ -572,13 +231,14 @@ class Engine:
         request = _Request(
             prompt_ids=ids,
             images=images,
+            image_keys=image_keys,
             params=params,
             loop=asyncio.get_running_loop(),
             queue=asyncio.Queue(),
             deadline=time.monotonic() + self.config.request_timeout_s,
         )
         with self._lock:
-            pending = len(self._waiting) + len(self._running) + len(self._prefilling)
+            pending = len(self._waiting) + len(self._running)
             waiting_after = pending + 1 - self.config.max_batch_size
             if pending >= self.config.max_concurrent_requests or waiting_after > self.config.max_queue:
                 if probe:
@@ -595,22 +255,21 @@ class Engine:
     def _worker(self) -> None:
         import torch
 
-        # Inference mode is per thread: the whole loop (model steps, sampling, cache reshaping) runs in it.
+        # Inference mode is per thread: the whole loop (model steps, sampling) runs in it.
         with torch.inference_mode():
             while not self._stopping:
                 try:
                     self._loop()
                 except Exception as exc:  # noqa: BLE001 - a bug here must not leave clients hanging
-                    with self._lock:
-                        rows = list(self._running) + list(self._prefilling)
-                        self._prefilling = []
+                    rows = list(self._running)
+                    for r in rows:
+                        self._release(r)
                     self._fail_rows(rows, exc)
 
     def _loop(self) -> None:
         assert self.runner is not None
-        runner = self.runner
-        mask: Any = None
-        cache: Any = None
+        assert self.scheduler is not None
+        runner, scheduler = self.runner, self.scheduler
         while True:
             with self._lock:
                 while not self._stopping and not self._waiting and not self._running:
@@ -634,124 +293,60 @@ class Engine:
                     if r.cancelled or now > r.deadline:
                         self._waiting.remove(r)
                         self._finish(r, None if r.cancelled else RequestTimeoutError("request timed out"))
-                free = self.batch_cap - len(self._running)
-                new = [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
-                self._prefilling = new
-                if fresh and new:
-                    self._last_fresh_batch = len(new)
-            mask, cache = self._drop_finished(mask, cache)
-            if new:
-                mask, cache = self._admit([new], mask, cache)
-            if not self._running:
-                mask = cache = None
+                shed = list(self._waiting) if self.breaker.is_open else []
+                if shed:
+                    self._waiting.clear()
+            retry = max(1.0, self.breaker.retry_after_s()) if shed else 0.0
+            for r in shed:  # while the breaker is open no new request reaches the model
+                self._finish(r, ModelUnavailableError("the model keeps failing; retry later", retry))
+            self._drop_finished()
+            before = len(self._running)
+            chunks = scheduler.schedule(max_rows=self.batch_cap, max_tokens=self.token_cap)
+            if not chunks:
+                if self._running and len(self._running) == before:
+                    with self._lock:  # nothing can run now (e.g. every row beyond a lowered cap)
+                        self._lock.wait(0.01)
                 continue
-            rows = list(self._running)
+            if fresh:
+                self._last_fresh_batch = len(chunks)
             self._steps += 1
-            self._max_batch_seen = max(self._max_batch_seen, len(rows))
+            self._max_batch_seen = max(self._max_batch_seen, len(chunks))
             for observer in self.batch_observers:
-                observer(len(rows))
+                observer(len(chunks))
+            sampling = [c.request for c in chunks if c.sample]
             try:
-                last = [r.generated[-1] for r in rows]
-                if getattr(runner, "multimodal", False):
-                    logits, mask, cache = runner.decode(
-                        last, mask, cache, deltas=[r.rope_delta for r in rows]
-                    )
-                else:
-                    logits, mask, cache = runner.decode(last, mask, cache)
-                tokens = runner.sample(logits, rows)
+                logits = runner.step(chunks)
+                tokens = runner.sample(logits, sampling) if sampling else []
             except Exception as exc:  # noqa: BLE001 - any model failure fails these rows only
-                mask = cache = logits = None
-                self._step_failed(exc, rows)
-                with self._lock:
-                    self._running = []
-                    self._prefilling = list(rows)
-                if len(rows) > 1:
-                    self.retried_rows += len(rows)
-                    first, rest = _halves(rows)
-                    with self._lock:  # the second half waits at the head of the queue for room
-                        self._prefilling = list(first)
-                        self._waiting.extendleft(reversed(rest))
-                    mask, cache = self._admit([first], None, None)
-                else:
-                    with self._lock:
-                        self._prefilling = []
-                    self._give_up(rows, exc)
+                logits = None
+                self._step_failed(exc, chunks)
                 continue
             self._step_succeeded()
-            for r, t in zip(rows, tokens, strict=True):
+            scheduler.commit(chunks)
+            for r, t in zip(sampling, tokens, strict=True):
                 self._append(r, t)
-            mask, cache = self._drop_finished(mask, cache)
+            self._drop_finished()
         with self._lock:
             leftover = list(self._waiting) + list(self._running)
             self._waiting.clear()
-            self._running.clear()
         for r in leftover:
+            self._release(r)
             self._finish(r, EngineNotReadyError("the server is shutting down"))
 
-    def _admit(self, groups: list[list[_Request]], mask: Any, cache: Any) -> tuple[Any, Any]:
-        """Prefill each group (prompt + tokens generated so far) and merge it into the running batch.
+    def _release(self, r: _Request) -> None:
+        if self.scheduler is not None:
+            self.scheduler.release(r)
 
-        A group whose prefill fails is split in half and retried (after freeing memory), so a batch
-        that was merely too big still completes; a row that fails alone gets a 503. Rows beyond
-        :attr:`batch_cap` (halved by each failure) go back to the head of the queue. While the
-        breaker is open no group reaches the model.
-        """
-        assert self.runner is not None
-        runner = self.runner
-        groups = [g for g in groups if g]
-        while groups:
-            group = groups.pop(0)
-            room = max(0, self.batch_cap - len(self._running))
-            if len(group) > room:  # the cap shrank after a failure: the rest waits at the queue's head
-                with self._lock:
-                    self._waiting.extendleft(reversed(group[room:]))
-                    self._prefilling = [r for r in self._prefilling if r not in group[room:]]
-                group = group[:room]
-                if not group:
-                    continue
-            if self.breaker.is_open:
-                self._drop_prefilling(group)
-                retry = max(1.0, self.breaker.retry_after_s())
-                for r in group:
-                    self._finish(r, ModelUnavailableError("the model keeps failing; retry later", retry))
-                continue
-            try:
-                prompts = [r.prompt_ids + r.generated for r in group]
-                if getattr(runner, "multimodal", False):
-                    deltas: list[int] = []
-                    logits, new_mask, new_cache = runner.prefill(
-                        prompts, images=[r.images for r in group], deltas_out=deltas
-                    )
-                    for r, delta in zip(group, deltas, strict=True):
-                        r.rope_delta = delta
-                else:
-                    logits, new_mask, new_cache = runner.prefill(prompts)
-                tokens = runner.sample(logits, group)
-            except Exception as exc:  # noqa: BLE001 - any model failure fails these rows only
-                self._step_failed(exc, group)
-                if len(group) > 1:
-                    self.retried_rows += len(group)
-                    groups[:0] = _halves(group)
-                else:
-                    self._drop_prefilling(group)
-                    self._give_up(group, exc)
-                continue
-            self._step_succeeded()
-            with self._lock:
-                self._running.extend(group)
-                self._prefilling = [r for r in self._prefilling if r not in group]
-            if cache is None:
-                mask, cache = new_mask, new_cache
-            else:
-                mask, cache = runner.merge((mask, cache), (new_mask, new_cache))
-            for r, t in zip(group, tokens, strict=True):
-                self._append(r, t)
-            mask, cache = self._drop_finished(mask, cache)
-        return mask, cache
-
-    def _drop_prefilling(self, rows: list[_Request]) -> None:
-        with self._lock:
-            self._prefilling = [r for r in self._prefilling if r not in rows]
+    def _drop_finished(self) -> None:
+        """Remove finished, cancelled and expired rows from the batch and free their blocks."""
+        now = time.monotonic()
+        for r in list(self._running):
+            if not r.done and r.cancelled:
+                self._finish(r, None)
+            elif not r.done and now > r.deadline:
+                self._finish(r, RequestTimeoutError("request timed out"))
+            if r.done:
+                self._release(r)
 
     def _give_up(self, rows: list[_Request], exc: Exception) -> None:
         """A row failed in a batch of its own: fail it (503) and count it towards the circuit breaker.
@@ -764,18 +359,30 @@ class Engine:
 
     def _step_succeeded(self) -> None:
         self.breaker.record_success()
-        if self.batch_cap < self.config.max_batch_size:
+        if self.batch_cap < self.config.max_batch_size or self.token_cap < 1 << 30:
             self._steps_at_cap += 1
             if self._steps_at_cap >= BATCH_CAP_RECOVERY_STEPS:
-                self.batch_cap += 1
+                self.batch_cap = min(self.config.max_batch_size, self.batch_cap + 1)
+                self.token_cap = 1 << 30 if self.token_cap * 2 >= 1 << 30 else self.token_cap * 2
                 self._steps_at_cap = 0
 
-    def _step_failed(self, exc: BaseException, rows: list[_Request]) -> None:
-        """Count a failed model step, tell the breaker and observers, and give memory back."""
+    def _step_failed(self, exc: Exception, chunks: list[Chunk]) -> None:
+        """A model step raised: shrink the step and run its rows again, or fail a row that was alone.
+
+        The rows keep their KV up to the failed step (the step's own writes are past ``computed``
+        and get overwritten), so a retry continues where the stream was. Only a row failing alone
+        counts towards the circuit breaker: one poisonous request fails log2(batch) steps on its way
+        down, which must not take the pod out of service.
+        """
+        rows = [c.request for c in chunks]
+        tokens = sum(c.n for c in chunks)
         self.failed_steps += 1
-        # Multiplicative decrease: the batch that failed was too big for now; grow back one row per
+        # Multiplicative decrease: the step that failed was too big for now; grow back one row per
         # BATCH_CAP_RECOVERY_STEPS good steps (additive increase), as TCP does with its window.
-        self.batch_cap = max(1, min(self.batch_cap, len(rows)) // 2) if len(rows) > 1 else self.batch_cap
+        if len(rows) > 1:
+            self.batch_cap = max(1, min(self.batch_cap, len(rows)) // 2)
+            self.token_cap = max(1, min(self.token_cap, tokens) // 2)
+            self.retried_rows += len(rows)
         self._steps_at_cap = 0
         log.warning("Model step failed for a batch of %d: %s: %s", len(rows), type(exc).__name__, exc)
         for observer in self.failure_observers:
@@ -787,57 +394,18 @@ class Engine:
         torch = getattr(self.runner, "torch", None)
         if torch is not None and torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-    def _drop_finished(self, mask: Any, cache: Any) -> tuple[Any, Any]:
-        """Remove finished, cancelled and expired rows from the batch (and their cache rows)."""
-        if cache is None:
-            return mask, cache
-        now = time.monotonic()
-        for r in self._running:
-            if not r.done and r.cancelled:
-                self._finish(r, None)
-            elif not r.done and now > r.deadline:
-                self._finish(r, RequestTimeoutError("request timed out"))
-        keep = [i for i, r in enumerate(self._running) if not r.done]
-        if len(keep) == len(self._running):
-            return mask, cache
-        with self._lock:
-            self._running = [self._running[i] for i in keep]
-        if not keep:
-            return None, None
-        assert self.runner is not None
-        return self.runner.select(mask, cache, keep)
+        if len(rows) == 1:
+            self._release(rows[0])
+            self._give_up(rows, exc)
 
     def _append(self, r: _Request, token: int) -> None:
         """Record a sampled token, stream the new text, finish the request if it is done."""
         assert self.runner is not None
         if r.first_token_at is None:
             r.first_token_at = time.perf_counter()
-        r.generated.append(token)
-        p = r.params
-        finish: str | None = None
-        if token in self.runner.eos_ids and len(r.generated) > p.min_tokens:
-            finish = "stop"
-            text = self.runner.decode_text(r.generated[:-1])
-        else:
-            text = self.runner.decode_text(r.generated)
-            if len(r.generated) >= p.max_tokens:
-                finish = "length"
-        if p.stop:
-            hits = [i for i in (text.find(s, max(0, r.sent_chars - len(s))) for s in p.stop) if i >= 0]
-            if hits:
-                text, finish = text[: min(hits)], "stop"
-        if finish is None:
-            # Hold back an incomplete UTF-8 character and a possible start of a stop sequence.
-            end = len(text.rstrip("\ufffd"))
-            end -= _stop_holdback(text[:end], p.stop)
-        else:
-            end = len(text)
-        if finish is not None:
-            r.done = True  # before the client can see the last delta, so stats agree with it
-        if end > r.sent_chars or finish is not None:
-            r.emit(Delta(text[r.sent_chars : end], finish))
-            r.sent_chars = max(r.sent_chars, end)
+        delta = next_delta(r, token, self.runner.eos_ids, self.runner.decode_text)
+        if delta is not None:
+            r.emit(delta)
 
     def _finish(self, r: _Request, error: EngineError | None) -> None:
         if r.done:
@@ -851,7 +419,7 @@ class Engine:
     def _fail_rows(self, rows: list[_Request], exc: Exception) -> None:
         """A model step failed: fail its rows with a 503-class error, keep serving the others."""
         log.error("Generation step failed for %d requests: %s", len(rows), exc, exc_info=exc)
-        with self._lock:
-            self._running = [r for r in self._running if r not in rows]
+        for r in rows:
+            self._release(r)
         for r in rows:
             self._finish(r, GenerationFailedError(f"generation failed: {type(exc).__name__}"))

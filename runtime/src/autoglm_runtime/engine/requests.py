@@ -1,0 +1,227 @@
+"""What a request is and what can go wrong with it: typed errors, sampling parameters, the stream
+handle the HTTP layer iterates, and the engine's configuration and statistics."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from autoglm_runtime.engine.core import Engine
+
+
+# --- errors -------------------------------------------------------------------------------------
+class EngineError(Exception):
+    """Base of the engine's typed errors; the HTTP layer maps each subclass to a status code."""
+
+
+class QueueFullError(EngineError):
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class EngineOverloadedError(QueueFullError):
+    """Load is being shed (e.g. by a circuit breaker); also a 429/503 with Retry-After."""
+
+
+class PromptTooLongError(EngineError):
+    pass
+
+
+class InvalidRequestError(EngineError):
+    pass
+
+
+class EngineNotReadyError(EngineError):
+    pass
+
+
+class GenerationFailedError(EngineError):
+    """The model failed on this request even in a batch of its own (e.g. out of memory)."""
+
+
+class ModelUnavailableError(EngineError):
+    """The circuit breaker is open: the model keeps failing; retry after ``retry_after_s``."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RequestTimeoutError(EngineError):
+    pass
+
+
+# --- requests -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 16
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    min_tokens: int = 0  # EOS is suppressed until this many tokens (useful with random test models)
+    # OpenAI's penalties: logits of already generated tokens lose count x frequency_penalty
+    # + (count > 0) x presence_penalty (not a multiplicative repetition penalty).
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+
+
+@dataclass(frozen=True)
+class Delta:
+    """One event of a request's stream: new text, and on the last one a finish reason."""
+
+    text: str
+    finish_reason: str | None = None  # "stop" | "length" | None while streaming
+    error: EngineError | None = None
+
+
+@dataclass
+class EngineStats:
+    queue_depth: int  # waiting for a batch slot
+    running: int  # in the batch now
+    inflight: int  # admitted and not finished (waiting + running)
+    steps: int  # model steps so far
+    max_batch_seen: int
+    kv_blocks_total: int = 0
+    kv_blocks_used: int = 0  # held by running rows
+    kv_blocks_cached: int = 0  # free, but holding a reusable prefix
+    prefix_query_tokens: int = 0  # prompt tokens looked up in the prefix cache
+    prefix_hit_tokens: int = 0  # of those, found (not recomputed)
+    preemptions: int = 0  # rows that gave their blocks back and were recomputed later
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_batch_size: int = 8
+    batch_window_ms: float = 5.0
+    max_concurrent_requests: int = 64
+    max_queue: int = 256
+    max_input_tokens: int = 4096
+    max_new_tokens: int = 512
+    max_batch_tokens: int = 0  # per step; 0 = the device's default (kvplan.default_batch_tokens)
+    kv_cache_tokens: int = 0  # cap on the KV pool; 0 = sized from the memory left after loading
+    prefix_caching: bool = True
+    memory_headroom_percent: int = 10
+    gpu_memory_percent: int = 90
+    host_memory_percent: int = 75
+    quantization: str = "none"
+    request_timeout_s: float = 300.0
+    breaker_failure_threshold: int = 5
+    breaker_window_s: float = 60.0
+    breaker_cooldown_s: float = 10.0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> EngineConfig:
+        return cls(**{name: getattr(settings, name) for name in cls.__dataclass_fields__})
+
+
+_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class _Request:
+    prompt_ids: list[int]
+    params: SamplingParams
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[Delta]
+    deadline: float
+    id: int = field(default_factory=lambda: next(_ids))
+    generated: list[int] = field(default_factory=list)
+    sent_chars: int = 0
+    cancelled: bool = False
+    done: bool = False
+    generator: Any = None  # torch.Generator for sampling rows
+    first_token_at: float | None = None
+    submitted_at: float = field(default_factory=time.perf_counter)
+    images: Any = None  # vision.MultiModalInputs of an image request
+    rope_delta: int = 0  # multimodal rotary position offset after the images (set at admission)
+    # Paged KV state, owned by the scheduler on the worker thread.
+    blocks: list[int] = field(default_factory=list)  # block table: the KV of token t is in blocks[t // size]
+    computed: int = 0  # tokens whose KV is in the cache
+    hashes: list[bytes] = field(default_factory=list)  # chained hashes of the full blocks so far
+    image_keys: list[tuple[int, int, bytes]] = field(default_factory=list)  # (start, end, digest)
+    mm_positions: Any = None  # [3, len(prompt)] rotary positions of a multimodal prompt
+    mm_embeds: Any = None  # image embeddings while the prompt's image tokens are being prefilled
+    admitted_at: int = 0  # admission order (the newest running row is preempted first)
+
+    @property
+    def length(self) -> int:
+        """Tokens of the sequence whose KV the row needs: prompt + generated (the last one not yet fed)."""
+        return len(self.prompt_ids) + len(self.generated)
+
+    def token_range(self, start: int, end: int) -> list[int]:
+        """Tokens ``start:end`` of prompt + generated, without copying the whole sequence."""
+        p = len(self.prompt_ids)
+        if end <= p:
+            return self.prompt_ids[start:end]
+        if start >= p:
+            return self.generated[start - p : end - p]
+        return self.prompt_ids[start:] + self.generated[: end - p]
+
+    def emit(self, delta: Delta) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, delta)
+        except RuntimeError:  # the client's event loop is gone
+            self.cancelled = True
+
+
+class RequestHandle:
+    """What :meth:`Engine.submit` returns: iterate it for text deltas, or :meth:`collect` the result."""
+
+    def __init__(self, engine: Engine, request: _Request) -> None:
+        self._engine = engine
+        self._request = request
+        self.finish_reason: str | None = None
+        self.text = ""
+
+    @property
+    def id(self) -> int:
+        return self._request.id
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self._request.prompt_ids)
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self._request.generated)
+
+    @property
+    def time_to_first_token(self) -> float | None:
+        r = self._request
+        return None if r.first_token_at is None else r.first_token_at - r.submitted_at
+
+    def cancel(self) -> None:
+        """Leave the batch at the next step (a client disconnected)."""
+        if not self._request.done:
+            self._request.cancelled = True
+            self._engine._wake()
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        """Text deltas; raises the engine's error if generation failed."""
+        try:
+            while True:
+                delta = await self._request.queue.get()
+                if delta.error is not None:
+                    raise delta.error
+                if delta.text:
+                    self.text += delta.text
+                    yield delta.text
+                if delta.finish_reason is not None:
+                    self.finish_reason = delta.finish_reason
+                    return
+        finally:
+            if self.finish_reason is None:
+                self.cancel()
+
+    async def collect(self) -> str:
+        """The whole completion text (cancels the request if the caller is cancelled)."""
+        async for _ in self:
+            pass
+        return self.text
