@@ -17,7 +17,7 @@ from typing import Any
 from benchmarks.targets import fmt_number
 
 REPO = Path(__file__).resolve().parent.parent
-PARTS = ("runtime", "overhead", "operator", "agent")
+PARTS = ("runtime", "overhead", "engine", "operator", "agent")
 
 
 def load(results: Path) -> dict[str, Any]:
@@ -383,6 +383,71 @@ def agent_section(a: dict[str, Any]) -> str:
     )
 
 
+def engine_section(e: dict[str, Any]) -> str:
+    out = [
+        f"Models {e.get('model', '?')}; the agent workload on {e.get('prefix', {}).get('model', '?')}, the stall and memory runs on {e.get('stall', {}).get('model', '?')}."
+    ]
+    prefix = e.get("prefix")
+    if prefix:
+        w = prefix["workload"]
+        out.append(
+            f"\n### Prefix reuse: a text agent workload\n\n{w['sessions']} concurrent sessions, a "
+            f"{w['system_prompt_tokens']}-token system prompt they share, {w['steps']} steps whose history "
+            f"grows, {w['output_tokens']} output tokens per step, streamed.\n"
+        )
+        rows = []
+        for name, r in prefix["servers"].items():
+            if "error" in r:
+                rows.append([name, "could not run: " + r["error"][:120], "–", "–", "–"])
+                continue
+            per_step = " / ".join(_f(x, 2) for x in r["ttft_p50_s_per_step"])
+            rows.append(
+                [
+                    name,
+                    per_step,
+                    _f(r["ttft_p50_s_step3_on"], 2),
+                    _f(r["output_tokens_per_s"], 1),
+                    r["errors"],
+                ]
+            )
+        out.append(
+            table(["server", "TTFT p50 s per step", "TTFT p50 s, step 3+", "out tok/s", "errors"], rows)
+        )
+        out.append("\n" + "\n".join(f"- {k}: **{v}x**" for k, v in prefix.get("ratios", {}).items()))
+    stall = e.get("stall")
+    if stall:
+        w = stall["workload"]
+        out.append(
+            f"\n### A long prompt among running streams\n\n{w['streams']} streams decoding "
+            f"({w['stream_tokens']} tokens each) when a {w['long_prompt_tokens']}-token prompt arrives.\n"
+        )
+        rows = [
+            [name, _f(r["max_gap_s"], 3), _f(r["p50_gap_s"], 4), _f(r["long_prompt_s"], 2), _f(r["budgeted_step_s"], 3),
+             _f(r["peak_above_loaded_mib"], 1)]
+            for name, r in stall["runs"].items()
+        ]  # fmt: skip
+        out.append(
+            table(
+                [
+                    "engine",
+                    "longest gap s",
+                    "gap p50 s",
+                    "long prompt s",
+                    "one step s",
+                    "peak RSS above loaded MiB",
+                ],
+                rows,
+            )
+        )
+        m = stall["memory"]
+        out.append(
+            f"\nMemory (budgeted run): measured {m['measured_peak_above_loaded_mib']} MiB above the loaded model; "
+            f"predicted {m['predicted_mib']} MiB = KV pool {m['pool_mib']} + activations {m['activation_mib']} + "
+            f"fragmentation (`autoglm_runtime.kvplan`, the estimator's formula): **{m['measured / predicted']}x**."
+        )
+    return "\n".join(out)
+
+
 def render(data: dict[str, Any], docs: Path, notes: Path | None) -> str:
     img = docs / "img"
     img.mkdir(parents=True, exist_ok=True)
@@ -414,6 +479,10 @@ def render(data: dict[str, Any], docs: Path, notes: Path | None) -> str:
         parts.append("## Runtime\n\n" + text + "\n")
     if "overhead" in data:
         parts.append("## Server overhead\n\n" + overhead_section(data["overhead"]) + "\n")
+    if "engine" in data:
+        parts.append(
+            "## Engine: token budget, KV pool, prefix reuse\n\n" + engine_section(data["engine"]) + "\n"
+        )
     if "agent" in data:
         parts.append("## Phone-agent workload (images)\n\n" + agent_section(data["agent"]) + "\n")
     if "operator" in data:

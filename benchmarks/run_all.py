@@ -24,7 +24,9 @@ def main() -> int:
     p.add_argument("--results", type=Path, default=REPO / "bench-results")
     p.add_argument("--soak-seconds", type=float, default=120.0)
     p.add_argument("--bursts", type=int, nargs="+", default=[100, 1000])
-    p.add_argument("--skip", nargs="*", default=[], choices=["overhead", "runtime", "agent", "operator"])
+    p.add_argument(
+        "--skip", nargs="*", default=[], choices=["overhead", "runtime", "engine", "agent", "operator"]
+    )
     args = p.parse_args()
     args.results.mkdir(parents=True, exist_ok=True)
     py = sys.executable
@@ -32,6 +34,7 @@ def main() -> int:
     steps = {
         "overhead": [py, "-m", "benchmarks.overhead_bench", "--out", str(r / "overhead.json")],
         "runtime": [py, "-m", "benchmarks.runtime_bench", "--out", str(r / "runtime.json")],
+        "engine": [py, "-m", "benchmarks.engine_bench", "--out", str(r / "engine.json")],
         "agent": [py, "-m", "benchmarks.agent_bench", "--out", str(r / "agent.json")],
         "operator": [
             py, "-m", "benchmarks.operator_bench", "--out", str(r / "operator.json"),

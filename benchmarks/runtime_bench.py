@@ -48,7 +48,7 @@ log = logging.getLogger("runtime_bench")
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "bench-results" / "models"
 
-TARGET_BATCHING_X = 3.0
+TARGET_BATCHING_X = 6.0
 TARGET_PEER_X = 1.3
 TARGET_NF4 = 0.36
 TARGET_INT8 = 0.6

@@ -73,3 +73,42 @@ def test_footprints_shrink_with_quantization_on_the_gpu(tmp_path: Path):
         torch.cuda.empty_cache()
     assert sizes["nf4"] <= 0.36 * sizes["bf16"]
     assert sizes["int8"] <= 0.6 * sizes["bf16"]
+
+
+async def test_paged_engine_on_the_gpu_stays_within_the_estimators_memory(tmp_path: Path):
+    """Greedy output on CUDA (bf16) with the token budget, and peak memory above the loaded model
+    within 10% of kvplan's prediction (the KV pool + one step's activations + fragmentation)."""
+    import asyncio
+
+    from autoglm_runtime import kvplan
+    from autoglm_runtime.devmodels import build_random_glm
+    from autoglm_runtime.engine import Engine, EngineConfig, ModelRunner, SamplingParams
+    from autoglm_runtime.loader import load_model
+    from autoglm_runtime.settings import RuntimeSettings
+
+    loaded = load_model(RuntimeSettings(model=str(build_random_glm(tmp_path / "glm")), quantization="bf16"))
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    config = EngineConfig(max_batch_size=9, max_batch_tokens=512, kv_cache_tokens=8192, max_input_tokens=4096)
+    engine = Engine(config)
+    engine.start(ModelRunner(loaded.model, loaded.tokenizer, loaded.device), "glm")
+    try:
+        params = SamplingParams(max_tokens=64, temperature=0, min_tokens=64)
+        streams = [await engine.submit(f"stream {i}", params) for i in range(8)]
+        await asyncio.sleep(0.2)
+        long = await engine.submit("x " * 1800, SamplingParams(max_tokens=1, temperature=0))
+        await asyncio.gather(*(h.collect() for h in [*streams, long]))
+    finally:
+        engine.stop()
+    peak = torch.cuda.max_memory_allocated() - base
+    runner = engine.runner
+    c = runner.text_config
+    activation = kvplan.activation_bytes(
+        hidden_size=c.hidden_size, mlp_width=c.intermediate_size, vocab_size=c.vocab_size,
+        quantization="bf16", batch_tokens=512, max_rows=9, dtype_bytes=2,
+    )  # fmt: skip
+    pool = 8192 * runner.kv_bytes_per_token()
+    predicted = pool + activation + kvplan.fragmentation_bytes(pool + activation)
+    print(f"{torch.cuda.get_device_name()}: peak {peak / 2**20:.1f} MiB, predicted {predicted / 2**20:.1f} MiB")
+    assert 0.9 * predicted <= peak <= 1.1 * predicted

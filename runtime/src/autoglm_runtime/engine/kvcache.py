@@ -138,19 +138,28 @@ def paged_attention(
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
     idx = layout.tensors(query.device)
     heads, tokens = query.shape[1], query.shape[2]
-    gqa = key.shape[1] != heads
+    groups = heads // key.shape[1]
+    # On CUDA the memory-efficient kernel takes any mask but not grouped heads: repeat the gathered
+    # keys/values (a chunk's context, not the pool) rather than fall back to the math kernel, which
+    # would materialise chunk x context attention scores per head.
+    repeat = groups > 1 and query.is_cuda
+    gqa = groups > 1 and not repeat
+
+    def heads_of(t: Any) -> Any:
+        return t.repeat_interleave(groups, dim=-3) if repeat else t
+
     out = query.new_empty((tokens, heads, query.shape[3]))
     if "decode_rows" in idx:
         q = query[0].index_select(1, idx["decode_q"]).transpose(0, 1).unsqueeze(2)  # [R, H, 1, D]
         slots = idx["decode_slots"]
         k = key.index_select(0, slots.reshape(-1)).view(*slots.shape, *key.shape[1:]).transpose(1, 2)
         v = value.index_select(0, slots.reshape(-1)).view(*slots.shape, *value.shape[1:]).transpose(1, 2)
-        o = sdpa(q, k, v, attn_mask=idx["decode_mask"], scale=scaling, enable_gqa=gqa)  # [R, H, 1, D]
+        o = sdpa(q, heads_of(k), heads_of(v), attn_mask=idx["decode_mask"], scale=scaling, enable_gqa=gqa)
         out.index_copy_(0, idx["decode_q"], o[:, :, 0, :])
     for row, slots in idx["prefill"]:
         q = query[:, :, row.q_start : row.q_start + row.q_len]
-        k = key.index_select(0, slots).transpose(0, 1).unsqueeze(0)  # [1, Hkv, K, D]
-        v = value.index_select(0, slots).transpose(0, 1).unsqueeze(0)
+        k = heads_of(key.index_select(0, slots).transpose(0, 1).unsqueeze(0))  # [1, Hkv, K, D]
+        v = heads_of(value.index_select(0, slots).transpose(0, 1).unsqueeze(0))
         if row.context == 0:
             o = sdpa(q, k, v, is_causal=True, scale=scaling, enable_gqa=gqa)
         else:
