@@ -6,7 +6,8 @@ strings), and one fresh 1080x2400 PNG screenshot as a data URL, with ``temperatu
 top_p=0.85, frequency_penalty=0.2``, a fixed number of output tokens. Measured per step: latency
 (send → whole answer; not streamed, see ``step_body``); per run: steps per second. Servers, one
 after the other in one run on the same model (side by side they would share the CPU): our runtime
-(continuous batching), our runtime at batch size 1, and ``transformers serve`` (it accepts images
+(continuous batching, prefix reuse on), the same without prefix reuse (``--no-prefix-caching``), our
+runtime at batch size 1, and ``transformers serve`` (it accepts images
 for image-text-to-text models; on this CPU build it needs torchvision from another venv:
 ``AUTOGLM_BENCH_PEER_BIN``). The model's weights are random: this measures the serving path (image
 decode, vision tower, prefill, batching), not the quality of the answers.
@@ -140,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     common = ["--served-model-name", MODEL, "--max-input-tokens", "32768", "--max-new-tokens", "64"]
     specs = [
         autoglm_spec("autoglm", model, max_batch_size=args.sessions, extra=common),
+        autoglm_spec(
+            "autoglm-no-prefix", model, max_batch_size=args.sessions, extra=[*common, "--no-prefix-caching"]
+        ),
         autoglm_spec("autoglm-batch1", model, max_batch_size=1, extra=common),
     ]
     if not args.skip_hf:
@@ -171,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         print(spec.name, json.dumps(results["servers"][spec.name]), flush=True)
     ours = results["servers"].get("autoglm", {})
     ratios = {}
-    for other in ("autoglm-batch1", "transformers-serve"):
+    for other in ("autoglm-no-prefix", "autoglm-batch1", "transformers-serve"):
         theirs = results["servers"].get(other, {})
         if ours.get("steps_per_s") and theirs.get("steps_per_s"):
             ratios[f"steps_per_s vs {other}"] = round(ours["steps_per_s"] / theirs["steps_per_s"], 2)

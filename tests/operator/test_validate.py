@@ -61,6 +61,12 @@ BAD = [
         "<= maxConcurrent",
     ),
     (cr(serving={"port": 80}), "spec.serving.port", "minimum"),
+    (cr(serving={"maxBatchSize": 16, "maxBatchTokens": 8}), "spec.serving.maxBatchTokens", ">= maxBatchSize"),
+    (
+        cr(serving={"maxInputTokens": 4096, "maxNewTokens": 512, "kvCacheTokens": 4000}),
+        "spec.serving.kvCacheTokens",
+        ">= maxInputTokens + maxNewTokens",
+    ),
     (
         cr(autoscaling={"minReplicas": 1, "maxReplica": 4}),
         "spec.autoscaling.maxReplica",
