@@ -20,7 +20,12 @@ from fastapi import Request
 
 
 class StubRunner:
-    """Duck-types :class:`autoglm_runtime.engine.ModelRunner`; "mask" is a list of row lengths."""
+    """Duck-types :class:`autoglm_runtime.engine.ModelRunner` with no model: every step "computes"
+    nothing and samples the same token; it keeps no KV cache (``kv_bytes_per_token() == 0``), so the
+    engine's pool is as large as its admission limits can use."""
+
+    device = "cpu"
+    vision = None
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
@@ -28,17 +33,23 @@ class StubRunner:
         ids = tokenizer(" the", add_special_tokens=False)["input_ids"]
         self.token = int(ids[-1]) if ids else 0
 
-    def prefill(self, prompts: Sequence[list[int]]) -> tuple[None, list[int], object]:
-        return None, [len(p) for p in prompts], object()
+    def kv_bytes_per_token(self) -> int:
+        return 0
 
-    def decode(self, tokens: list[int], mask: list[int], cache: object) -> tuple[None, list[int], object]:
-        return None, mask, cache
+    def model_dims(self) -> tuple[int, int, int, int]:
+        return 1, 1, 1, 1
 
-    def select(self, mask: list[int], cache: object, rows: list[int]) -> tuple[list[int], object]:
-        return [mask[i] for i in rows], cache
+    def configure(self, num_blocks: int, block_size: int) -> None:
+        pass
 
-    def merge(self, a: tuple[list[int], object], b: tuple[list[int], object]) -> tuple[list[int], object]:
-        return a[0] + b[0], a[1]
+    def prepare(self, request: object) -> None:
+        pass
+
+    def image_keys(self, ids: Sequence[int], images: object) -> list[tuple[int, int, bytes]]:
+        return []
+
+    def step(self, chunks: Sequence[object]) -> None:
+        return None
 
     def sample(self, logits: object, requests: Sequence[object]) -> list[int]:
         return [self.token] * len(requests)

@@ -15,15 +15,12 @@ GIB = 2**30
 
 
 class FakeRunner:
-    """What plan_pool reads from a ModelRunner: the device, the text config, the KV bytes per token."""
+    """What plan_pool reads from a ModelRunner: the device, the model's dimensions, the KV bytes per token."""
 
-    def __init__(self) -> None:
-        import torch
+    device = "cpu"
 
-        self.device = "cpu"
-        self.text_config = SimpleNamespace(hidden_size=4096, intermediate_size=13696, vocab_size=151552)
-        weight = torch.empty(0, dtype=torch.bfloat16)
-        self.model = SimpleNamespace(get_input_embeddings=lambda: SimpleNamespace(weight=weight))
+    def model_dims(self) -> tuple[int, int, int, int]:
+        return 4096, 13696, 151552, 2  # GLM-4-9B, bf16
 
     def kv_bytes_per_token(self) -> int:
         return kvplan.kv_bytes_per_token(40, 2, 128, 2)  # GLM-4-9B in 16-bit

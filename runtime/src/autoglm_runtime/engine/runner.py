@@ -76,6 +76,13 @@ class ModelRunner:
         dtype = self.model.get_input_embeddings().weight.dtype
         return kv_bytes_per_token(self.num_layers, kv_heads, head_dim, dtype.itemsize)
 
+    def model_dims(self) -> tuple[int, int, int, int]:
+        """(hidden size, MLP width, vocabulary, bytes per activation): what one step's activations scale with."""
+        c = self.text_config
+        dtype = self.model.get_input_embeddings().weight.dtype
+        mlp = getattr(c, "intermediate_size", None) or 4 * c.hidden_size
+        return int(c.hidden_size), int(mlp), int(c.vocab_size), int(dtype.itemsize)
+
     def configure(self, num_blocks: int, block_size: int) -> None:
         """Create the KV pool (its tensors are allocated at the first step, layer by layer)."""
         self.block_size = block_size

@@ -71,15 +71,15 @@ def _budget(runner: Any, config: EngineConfig, on_gpu: bool) -> tuple[int, int, 
 
 
 def plan_pool(runner: Any, config: EngineConfig) -> PoolSizing:
+    """The pool for ``runner`` (its ``device``, ``kv_bytes_per_token()`` and ``model_dims()``)."""
     on_gpu = str(runner.device).startswith("cuda")
     step = kvplan.step_tokens(config.max_batch_tokens, config.max_batch_size, on_gpu=on_gpu)
     kv = runner.kv_bytes_per_token()
-    c = runner.text_config
-    dtype_bytes = runner.model.get_input_embeddings().weight.dtype.itemsize
+    hidden, mlp_width, vocab, dtype_bytes = runner.model_dims()
     activation = kvplan.activation_bytes(
-        hidden_size=int(c.hidden_size),
-        mlp_width=int(getattr(c, "intermediate_size", None) or 4 * c.hidden_size),
-        vocab_size=int(c.vocab_size),
+        hidden_size=hidden,
+        mlp_width=mlp_width,
+        vocab_size=vocab,
         quantization=str(config.quantization),
         batch_tokens=step,
         max_rows=config.max_batch_size,
@@ -95,7 +95,8 @@ def plan_pool(runner: Any, config: EngineConfig) -> PoolSizing:
     )
     size = plan.block_size
     full = kvplan.blocks_for(config.max_input_tokens + config.max_new_tokens, size)
-    blocks = min(plan.blocks, config.max_concurrent_requests * full)
+    cap = config.max_concurrent_requests * full
+    blocks = min(plan.blocks, cap) if kv else cap  # kv == 0: a runner that keeps no cache (a stub)
     if config.kv_cache_tokens:
         blocks = min(blocks, kvplan.blocks_for(config.kv_cache_tokens, size))
         source += f", capped at kv_cache_tokens={config.kv_cache_tokens}"
