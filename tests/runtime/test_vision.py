@@ -224,7 +224,9 @@ async def test_image_requests_are_identical_alone_and_batched(make_vlm_engine: A
 
     from autoglm_runtime.engine import SamplingParams
 
-    engine = make_vlm_engine(max_batch_size=8, batch_window_ms=0)
+    # Prefix reuse off: the second time round every prompt would be found in the cache and finish
+    # before the next one arrives, so nothing would join a running batch.
+    engine = make_vlm_engine(max_batch_size=8, batch_window_ms=0, prefix_caching=False)
     greedy = SamplingParams(max_tokens=12, temperature=0.0, min_tokens=12)
     requests = [
         _image_chat(engine, 1080, 2400, "Open settings"),
@@ -252,7 +254,7 @@ async def test_image_requests_are_identical_alone_and_batched(make_vlm_engine: A
     )
     assert reference[0, len(ids) :].tolist() == alone[0]
     # Together, and staggered so the later rows join a batch that is already decoding.
-    long_text = SamplingParams(max_tokens=40, temperature=0.0, min_tokens=40)
+    long_text = SamplingParams(max_tokens=200, temperature=0.0, min_tokens=200)
     runner = await engine.submit(requests[2][0], long_text)
     handles = []
     for ids, mm in requests:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 import json
 import logging
@@ -43,6 +44,9 @@ class MultiModalInputs:
     pixel_values: Any  # torch.Tensor [patches, features]
     image_grid_thw: Any  # torch.LongTensor [images, 3]
     tokens_per_image: tuple[int, ...]
+    # One content digest per image (of its decoded pixels): what the prefix cache keys an image's
+    # KV on. Empty when built elsewhere; the engine then hashes pixel_values instead.
+    digests: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -259,7 +263,11 @@ class VisionProcessor:
             kwargs["size"] = {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}
         grids = []
         pixels = []
+        digests = []
         for image, param in zip(images, params, strict=True):
+            digest = hashlib.blake2b(f"{image.mode}:{image.size}".encode(), digest_size=16)
+            digest.update(image.tobytes())
+            digests.append(digest.digest())
             try:
                 out = self.image_processor(images=[image], **kwargs)
             except ValueError as exc:  # e.g. an aspect ratio the resize rule refuses (> 200:1)
@@ -271,7 +279,8 @@ class VisionProcessor:
         grid = torch.cat(grids, dim=0)
         counts = tuple(int(g.prod()) // (self.merge_size**2) for g in grid)
         values = torch.cat(pixels, dim=0)
-        return MultiModalInputs(values.to(self.dtype) if self.dtype is not None else values, grid, counts)
+        values = values.to(self.dtype) if self.dtype is not None else values
+        return MultiModalInputs(values, grid, counts, tuple(digests))
 
     def expand(self, ids: list[int], inputs: MultiModalInputs) -> list[int]:
         """Repeat the i-th image placeholder token once per token of the i-th image."""

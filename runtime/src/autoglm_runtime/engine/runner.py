@@ -106,14 +106,20 @@ class ModelRunner:
         if start is not None:
             spans.append((start, len(ids)))
         grid = images.image_grid_thw
-        sizes = [int(torch.prod(g)) for g in grid]
-        pixels = images.pixel_values.split(sizes, dim=0)
+        digests = list(getattr(images, "digests", ()) or ())
+        if len(digests) != len(grid):  # inputs built without digests: hash what the model sees
+            sizes = [int(torch.prod(g)) for g in grid]
+            digests = []
+            for px in images.pixel_values.split(sizes, dim=0):
+                raw = px.detach().contiguous().cpu()
+                digests.append(
+                    hashlib.blake2b(raw.view(torch.uint8).numpy().tobytes(), digest_size=16).digest()
+                )
         keys = []
-        for (s, e), px, g in zip(spans, pixels, grid, strict=False):
-            raw = px.detach().contiguous().cpu()
-            digest = hashlib.blake2b(raw.view(torch.uint8).numpy().tobytes(), digest_size=16)
-            digest.update(bytes(str(g.tolist()), "ascii"))
-            keys.append((s, e, digest.digest()))
+        for (s, e), digest, g in zip(spans, digests, grid, strict=False):
+            keys.append(
+                (s, e, hashlib.blake2b(digest + bytes(str(g.tolist()), "ascii"), digest_size=16).digest())
+            )
         return keys
 
     def prepare(self, r: _Request) -> None:
