@@ -357,12 +357,21 @@ def targets_section(targets: Sequence[dict[str, Any]]) -> str:
     return table(["", "target", "goal", "measured", "note"], rows)
 
 
+def _could_not_run(name: str, error: str, columns: int) -> list[str]:
+    """A table row for a server that could not run: its name, the error's first line, dashes."""
+    return [name, "could not run: " + error.splitlines()[0][:120], *["–"] * (columns - 2)]
+
+
+def _ratio_lines(ratios: dict[str, Any]) -> str:
+    return "\n".join(f"- {k}: **{v}x**" for k, v in ratios.items())
+
+
 def agent_section(a: dict[str, Any]) -> str:
     w = a["workload"]
     rows = []
     for name, r in a["servers"].items():
         if "error" in r:
-            rows.append([name, "could not run: " + r["error"].splitlines()[0][:120], "–", "–"])
+            rows.append(_could_not_run(name, r["error"], 4))
             continue
         lat = r.get("step_latency_s") or {}
         rows.append(
@@ -373,7 +382,7 @@ def agent_section(a: dict[str, Any]) -> str:
                 _f(lat.get("p95"), 2),
             ]
         )
-    ratios = "\n".join(f"- {k}: **{v}x**" for k, v in a.get("ratios", {}).items())
+    ratios = _ratio_lines(a.get("ratios", {}))
     return (
         f"{w['sessions']} concurrent simulated phone-agent sessions x {w['steps_per_session']} steps; every step "
         f"sends the system prompt, the image-stripped history and a fresh {w['screenshot']}, "
@@ -398,7 +407,7 @@ def engine_section(e: dict[str, Any]) -> str:
         rows = []
         for name, r in prefix["servers"].items():
             if "error" in r:
-                rows.append([name, "could not run: " + r["error"][:120], "–", "–", "–"])
+                rows.append(_could_not_run(name, r["error"], 5))
                 continue
             per_step = " / ".join(_f(x, 2) for x in r["ttft_p50_s_per_step"])
             rows.append(
@@ -413,7 +422,7 @@ def engine_section(e: dict[str, Any]) -> str:
         out.append(
             table(["server", "TTFT p50 s per step", "TTFT p50 s, step 3+", "out tok/s", "errors"], rows)
         )
-        out.append("\n" + "\n".join(f"- {k}: **{v}x**" for k, v in prefix.get("ratios", {}).items()))
+        out.append("\n" + _ratio_lines(prefix.get("ratios", {})))
     stall = e.get("stall")
     if stall:
         w = stall["workload"]

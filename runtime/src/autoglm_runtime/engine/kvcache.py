@@ -45,10 +45,6 @@ class StepLayout:
     rows: list[RowSpan]
     _index: dict[Any, dict[str, Any]] = field(default_factory=dict)  # per-device index tensors
 
-    @property
-    def tokens(self) -> int:
-        return sum(r.q_len for r in self.rows)
-
     def tensors(self, device: Any) -> dict[str, Any]:
         """Index tensors on ``device`` (built once per device and step)."""
         cached = self._index.get(device)
@@ -110,9 +106,6 @@ class PagedKVCache:
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return 0
-
-    def allocated_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)
 
 
 def paged_attention(

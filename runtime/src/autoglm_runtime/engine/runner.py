@@ -35,7 +35,6 @@ class ModelRunner:
         inner = getattr(model, "model", None)
         self.multimodal = vision is not None and hasattr(inner, "get_rope_index")
         self.device = device or str(model.get_input_embeddings().weight.device)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         eos: set[int] = set()
         for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
             if isinstance(source, int):
@@ -196,11 +195,10 @@ class ModelRunner:
         try:
             out = self.model(
                 **inputs,
-                **{kvcache.LAYOUT_KWARG: self.cache.layout},
                 position_ids=position_ids,
                 use_cache=True,
                 logits_to_keep=torch.tensor(keep or [len(ids) - 1], device=self.device),
-                **{self.cache_arg: self.cache},
+                **{self.cache_arg: self.cache, kvcache.LAYOUT_KWARG: self.cache.layout},
             )
         finally:
             self.cache.layout = None
