@@ -26,7 +26,7 @@ REPO=$PWD
 SMOKE=0
 BUILD=1
 VARIANT=cpu
-TAG=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)
+TAG=$(sed -n 's/^version = "\(.*\)"/\1/p;T;q' pyproject.toml)  # sed stops itself: no early-exiting reader
 while [ $# -gt 0 ]; do
   case $1 in
     --smoke) SMOKE=1 ;;
@@ -231,7 +231,6 @@ curl -fsS "http://127.0.0.1:$PORT/v1/chat/completions" -H 'Content-Type: applica
   || { echo "the runtime image refused a screenshot request: $(cat "$WORK/smoke-image.json" 2>/dev/null)" >&2; exit 1; }
 "$PYTHON" -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["usage"]["prompt_tokens"] > 3354, d' \
   "$WORK/smoke-image.json"
-curl -fsS "http://127.0.0.1:$PORT/metrics" | grep -q '^autoglm_' \
-  || { echo "the runtime's /metrics has no autoglm_ metric" >&2; exit 1; }
+bash scripts/http-expect.sh "http://127.0.0.1:$PORT/metrics" '^autoglm_' "the runtime's /metrics (autoglm_ metrics)"
 log "runtime image: /readyz, /v1/completions, a screenshot chat request and /metrics OK; smoke tests took $((SECONDS - T)) s"
 log "total $((SECONDS - START)) s"
