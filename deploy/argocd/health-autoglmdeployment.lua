@@ -5,6 +5,8 @@
 --   Degraded:    Degraded=True (e.g. an invalid spec) or MemoryFit=False (the model fits no GPU:
 --                the operator creates no pods that would run out of memory);
 --   Healthy:     Ready=True for the current generation.
+-- An autoscaler that cannot scale (Autoscaling=False: no metrics adapter, KEDA not installed) is not
+-- an outage: the status stays as above, and the message says so, with the condition's fix.
 local hs = {}
 
 local function condition(type_)
@@ -58,10 +60,18 @@ if fit ~= nil and fit.status == "False" then
   return hs
 end
 
+local scaling = condition("Autoscaling")
+local function with_autoscaling(message)
+  if scaling ~= nil and scaling.status == "False" then
+    return message .. "; autoscaler inactive (" .. (scaling.reason or "") .. "): " .. (scaling.message or "")
+  end
+  return message
+end
+
 local ready = condition("Ready")
 if ready ~= nil and ready.status == "True" then
   hs.status = "Healthy"
-  hs.message = described(ready, "Ready")
+  hs.message = with_autoscaling(described(ready, "Ready"))
   return hs
 end
 
@@ -73,5 +83,5 @@ if progressing ~= nil and progressing.status == "False" and ready ~= nil and rea
   return hs
 end
 hs.status = "Progressing"
-hs.message = described(progressing, described(ready, "Waiting for the model to be ready"))
+hs.message = with_autoscaling(described(progressing, described(ready, "Waiting for the model to be ready")))
 return hs

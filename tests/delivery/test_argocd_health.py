@@ -106,6 +106,28 @@ CASES = [
         "CrashLoopBackOff",
     ),
     ("observed, no conditions yet", {}, "Progressing", "Waiting for the model"),
+    (
+        "serving, autoscaler cannot scale: healthy, and says so",
+        {
+            "Ready": ("True", "2/2 replicas ready"),
+            "Degraded": ("False", ""),
+            "Autoscaling": ("False", "HPA: no custom metrics API; install prometheus-adapter"),
+        },
+        "Healthy",
+        "autoscaler inactive (AutoscalingReason): HPA: no custom metrics API",
+    ),
+    (
+        "loading, autoscaler cannot scale",
+        {"Ready": ("False", "0/1 ready"), "Progressing": ("True", "Loading"), "Autoscaling": ("False", "x")},
+        "Progressing",
+        "autoscaler inactive",
+    ),
+    (
+        "autoscaler active adds nothing",
+        {"Ready": ("True", "ok"), "Autoscaling": ("True", "The HPA reads its metric")},
+        "Healthy",
+        "ok",
+    ),
     ("degraded without a message uses the reason", {"Degraded": ("True", "")}, "Degraded", "DegradedReason"),
 ]
 

@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import copy
+from functools import cache
 from typing import Any
 
 import jsonschema
 import kubernetes_validate
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+# Released CRDs of the projects we plug into (KEDA, Gateway API, InferencePool), kept beside the
+# repository (../shared/crds, copied next to the clone in CI), never in it.
+SHARED_CRDS = REPO.parent / "shared" / "crds"
+THIRD_PARTY_GROUPS = frozenset(
+    {"keda.sh", "gateway.networking.k8s.io", "inference.networking.k8s.io", "llm-d.ai"}
+)
 
 K8S_VERSION = "1.33.0"  # the oldest Kubernetes the pods are meant for must accept them
 OPERATOR_VERSION = "0.1.0"  # fixed so goldens do not change with the package version
@@ -104,10 +116,52 @@ SERVICE_MONITOR_SCHEMA: dict[str, Any] = {
 }
 
 
+def _closed(schema: Any) -> Any:
+    """A CRD schema with unknown fields refused (``--strict``): every object with ``properties`` and
+    no ``additionalProperties`` / ``x-kubernetes-preserve-unknown-fields`` gets ``additionalProperties: false``."""
+    if isinstance(schema, list):
+        return [_closed(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _closed(v) for k, v in schema.items()}
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    return out
+
+
+@cache
+def third_party_schemas() -> dict[tuple[str, str], dict[str, Any]]:
+    """(apiVersion, kind) → the closed openAPIV3Schema of each served version in ../shared/crds."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for path in sorted(SHARED_CRDS.glob("*.yaml")):
+        for crd in yaml.safe_load_all(path.read_text()):
+            if not crd or crd.get("kind") != "CustomResourceDefinition":
+                continue
+            group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+            for version in crd["spec"]["versions"]:
+                if version.get("served"):
+                    schema = _closed(version["schema"]["openAPIV3Schema"])
+                    schema["properties"]["metadata"] = {"type": "object"}
+                    out[(f"{group}/{version['name']}", kind)] = schema
+    return out
+
+
 def validate_object(obj: dict[str, Any]) -> None:
     """Raise when ``obj`` is not a valid object: Kubernetes' own schemas (strict: no unknown fields)
-    for built-in kinds, the subset schema above for the ServiceMonitor custom resource."""
+    for built-in kinds, the released CRDs in ../shared/crds (closed the same way) for third-party
+    ones, the subset schema above for the ServiceMonitor custom resource."""
     if obj["kind"] == "ServiceMonitor":
         jsonschema.validate(obj, SERVICE_MONITOR_SCHEMA)
+        return
+    if obj["apiVersion"].split("/")[0] in THIRD_PARTY_GROUPS:
+        if not SHARED_CRDS.is_dir():
+            pytest.skip(f"{SHARED_CRDS} (the released third-party CRDs) is not beside the repository")
+        schema = third_party_schemas().get((obj["apiVersion"], obj["kind"]))
+        assert schema is not None, f"no released CRD in {SHARED_CRDS} serves {obj['apiVersion']} {obj['kind']}"
+        jsonschema.validate(obj, schema)
         return
     kubernetes_validate.validate(obj, K8S_VERSION, strict=True)

@@ -132,7 +132,14 @@ PVC_SOURCE = cr(
     resources={"gpu": {"count": 0}, "limits": {"memory": "64Gi"}},
     replicas=3,
 )
-CASES = [*((p.stem, load(p)) for p in EXAMPLES), ("everything", EVERYTHING), ("pvc-source-cpu", PVC_SOURCE)]
+PHONE_AGENT_KEDA = copy.deepcopy(load(next(p for p in EXAMPLES if p.stem.startswith("autoglm-phone"))))
+PHONE_AGENT_KEDA["spec"]["autoscaling"]["engine"] = "keda"
+CASES = [
+    *((p.stem, load(p)) for p in EXAMPLES),
+    ("everything", EVERYTHING),
+    ("pvc-source-cpu", PVC_SOURCE),
+    ("phone-agent-keda", PHONE_AGENT_KEDA),
+]
 
 
 @pytest.mark.parametrize(("case", "obj"), CASES, ids=[c[0] for c in CASES])
@@ -690,10 +697,10 @@ def test_rollout_deadline_covers_fetch_and_load() -> None:
 
 
 def test_hpa_metric_names_are_the_runtime_gauges() -> None:
-    from autoglm_operator.render import HPA_POD_METRICS
+    from autoglm_operator.autoscaling import POD_METRICS
     from autoglm_runtime import metrics
 
-    assert set(HPA_POD_METRICS.values()) == {metrics.INFLIGHT_REQUESTS, metrics.QUEUE_DEPTH}
+    assert set(POD_METRICS.values()) == {metrics.INFLIGHT_REQUESTS, metrics.QUEUE_DEPTH}
 
 
 def test_image_limits_reach_the_runtime_settings() -> None:
@@ -750,3 +757,101 @@ def test_headroom_bounds_match_the_runtime_setting() -> None:
     assert api.MemorySpec.model_fields["headroom_percent"].default == (
         RuntimeSettings.model_fields["memory_headroom_percent"].default
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# autoscaling: the default target, KEDA
+# ------------------------------------------------------------------------------------------------
+
+
+def _hpa_target(r: Rendered) -> str:
+    return by_kind(r.objects)["HorizontalPodAutoscaler"]["spec"]["metrics"][0]["pods"]["target"]["averageValue"]
+
+
+def test_default_target_is_what_one_replica_holds() -> None:
+    scaled = {"minReplicas": 1, "maxReplicas": 4}
+    # int8 GLM-4-9B on an L40S holds many full-length requests: the batch size bounds it.
+    assert _hpa_target(run(cr(autoscaling=scaled))) == "8"
+    assert _hpa_target(run(cr(autoscaling=scaled, serving={"maxBatchSize": 4}))) == "4"
+    queue = run(cr(autoscaling={**scaled, "metric": "queue-depth"}, serving={"maxBatchSize": 4}))
+    assert by_kind(queue.objects)["HorizontalPodAutoscaler"]["spec"]["metrics"][0]["pods"]["target"] == {
+        "type": "AverageValue",
+        "averageValue": "2",
+    }
+    cpu = by_kind(run(cr(autoscaling={**scaled, "metric": "cpu"})).objects)["HorizontalPodAutoscaler"]
+    assert cpu["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 70
+    # A KV pool that holds fewer full-length requests than the batch size bounds the target instead.
+    long_ctx = run(
+        cr(
+            autoscaling=scaled,
+            resources={"gpu": {"count": 1, "product": "L4"}},
+            serving={"maxBatchSize": 16, "maxInputTokens": 32000, "maxNewTokens": 4000},
+        )
+    )
+    full = long_ctx.plan.chosen.concurrent_full_requests
+    assert full is not None
+    assert 1 <= full < 16
+    assert _hpa_target(long_ctx) == str(full)
+
+
+def test_keda_engine_renders_a_scaled_object_and_no_hpa() -> None:
+    r = run(
+        cr(
+            uid="u-1",
+            autoscaling={"minReplicas": 2, "maxReplicas": 6, "engine": "keda", "target": 3},
+        ),
+        prometheus_address="http://prom.monitoring.svc:9090",
+    )
+    objs = by_kind(r.objects)
+    assert "HorizontalPodAutoscaler" not in objs
+    assert "replicas" not in objs["Deployment"]["spec"], "KEDA's HPA owns spec.replicas"
+    so = objs["ScaledObject"]
+    validate_object(so)
+    assert so["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    spec = so["spec"]
+    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "glm"}
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (2, 6)
+    assert spec["triggers"] == [
+        {
+            "type": "prometheus",
+            "metricType": "AverageValue",
+            "metadata": {
+                "serverAddress": "http://prom.monitoring.svc:9090",
+                "query": 'sum(autoglm_inflight_requests{namespace="ml",pod=~"glm-[a-z0-9]+-[a-z0-9]+"})',
+                "threshold": "3",
+            },
+        }
+    ]
+    behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] == 600
+    # The CR's own address wins over the operator's.
+    own = run(cr(autoscaling={"engine": "keda", "prometheusAddress": "https://thanos.example:9091"}))
+    assert by_kind(own.objects)["ScaledObject"]["spec"]["triggers"][0]["metadata"]["serverAddress"] == (
+        "https://thanos.example:9091"
+    )
+    cpu = by_kind(run(cr(autoscaling={"engine": "keda", "metric": "cpu"})).objects)["ScaledObject"]
+    validate_object(cpu)
+    assert cpu["spec"]["triggers"] == [{"type": "cpu", "metricType": "Utilization", "metadata": {"value": "70"}}]
+
+
+def test_keda_schema_check_can_fail() -> None:
+    so = copy.deepcopy(by_kind(run(cr(autoscaling={"engine": "keda"})).objects)["ScaledObject"])
+    so["spec"]["minReplicas"] = 1  # HPA's name, not KEDA's
+    with pytest.raises(Exception, match="minReplicas"):
+        validate_object(so)
+
+
+def test_pod_query_matches_only_this_deployments_pods() -> None:
+    import re
+
+    from autoglm_operator.autoscaling import pod_query
+
+    regex = re.search(r'pod=~"([^"]+)"', pod_query("m", "ml", "glm")).group(1)  # type: ignore[union-attr]
+    assert re.fullmatch(regex, "glm-7d9f8b6c5-x2k4q")
+    assert not re.fullmatch(regex, "glm-big-7d9f8b6c5-x2k4q")
+    assert not re.fullmatch(regex, "glm2-7d9f8b6c5-x2k4q")
+
+
+def test_prometheus_address_only_for_keda() -> None:
+    with pytest.raises(SpecError, match="prometheusAddress"):
+        run(cr(autoscaling={"prometheusAddress": "http://prom:9090"}))

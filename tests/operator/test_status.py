@@ -181,3 +181,86 @@ def test_recovery_is_announced() -> None:
     bad = compute_status(Observation(generation=1, spec_error="spec.x: bad"), None)
     good = compute_status(Observation(generation=2, plan=_plan(), deployment=_deployment(ready=2)), bad)
     assert ("Normal", "Recovered") in [(n.type, n.reason) for n in transition_notices(bad, good)]
+
+
+# -- Autoscaling ------------------------------------------------------------------------------
+
+def _view(engine: str, metric: str, conditions: list[dict[str, str]] | None, **kw: Any) -> Any:
+    from autoglm_operator import autoscaling
+    from autoglm_operator.api import AutoscalingEngine, AutoscalingMetric
+
+    state = None
+    if conditions is not None:
+        state = autoscaling.AutoscalerState.of(
+            {"kind": "ScaledObject" if engine == "keda" else "HorizontalPodAutoscaler",
+             "status": {"conditions": conditions}}
+        )
+    return autoscaling.AutoscalingView(AutoscalingEngine(engine), AutoscalingMetric(metric), state, **kw)
+
+
+def _c(type_: str, status: str, reason: str = "R", message: str = "") -> dict[str, str]:
+    return {"type": type_, "status": status, "reason": reason, "message": message}
+
+
+@pytest.mark.parametrize(
+    ("engine", "metric", "conditions", "kw", "expected"),
+    [
+        ("hpa", "inflight-requests", None, {}, ("Unknown", "Pending", "does not exist")),
+        ("hpa", "inflight-requests", [], {}, ("Unknown", "Pending", "HPA controller")),
+        (
+            "hpa", "inflight-requests",
+            [_c("AbleToScale", "True"), _c("ScalingActive", "False", "FailedGetPodsMetric", "no custom metrics API")],
+            {}, ("False", "FailedGetPodsMetric", "deploy/prometheus-adapter/values.yaml"),
+        ),
+        (
+            "hpa", "cpu",
+            [_c("AbleToScale", "True"), _c("ScalingActive", "False", "FailedGetResourceMetric", "no metrics")],
+            {}, ("False", "FailedGetResourceMetric", "metrics-server"),
+        ),
+        (
+            "hpa", "queue-depth",
+            [_c("AbleToScale", "False", "FailedGetScale", "no scale")], {}, ("False", "FailedGetScale", "no scale"),
+        ),
+        (
+            "hpa", "inflight-requests",
+            [_c("AbleToScale", "True"), _c("ScalingActive", "True", "ValidMetricFound"),
+             _c("ScalingLimited", "True", "TooFewReplicas", "the desired replica count is less than the minimum")],
+            {}, ("True", "ScalingActive", "less than the minimum"),
+        ),
+        ("keda", "inflight-requests", None, {"crd_missing": True}, ("False", "KedaNotInstalled", "install KEDA")),
+        ("keda", "inflight-requests", [], {}, ("Unknown", "Pending", "KEDA")),
+        (
+            "keda", "inflight-requests", [_c("Ready", "False", "KEDAScalerFailed", "prometheus unreachable")],
+            {}, ("False", "KEDAScalerFailed", "prometheusAddress"),
+        ),
+        (
+            "keda", "inflight-requests", [_c("Ready", "True", "ScaledObjectReady"), _c("Active", "True")],
+            {}, ("True", "ScaledObjectReady", "active"),
+        ),
+    ],
+)
+def test_autoscaling_condition_follows_the_autoscaler(
+    engine: str, metric: str, conditions: Any, kw: dict[str, Any], expected: tuple[str, str, str]
+) -> None:
+    from autoglm_operator import autoscaling
+
+    cond = autoscaling.condition(_view(engine, metric, conditions, **kw))
+    assert cond["type"] == "Autoscaling"
+    assert (cond["status"], cond["reason"]) == expected[:2], cond
+    assert expected[2] in cond["message"], cond
+
+
+def test_autoscaling_transitions_post_one_event_each_way() -> None:
+    def status(s: str, reason: str) -> dict[str, Any]:
+        return {"conditions": [_c("Autoscaling", s, reason, f"{reason} message")]}
+
+    pending = status("Unknown", "Pending")
+    broken = status("False", "FailedGetPodsMetric")
+    fixed = status("True", "ScalingActive")
+    down = transition_notices(pending, broken)
+    assert [(n.type, n.reason) for n in down] == [("Warning", "AutoscalingInactive")]
+    assert "FailedGetPodsMetric" in down[0].message
+    assert transition_notices(broken, status("False", "FailedGetPodsMetric")) == []
+    assert transition_notices(broken, {"conditions": [_c("Autoscaling", "False", "Other", "x")]}) == []
+    assert [(n.type, n.reason) for n in transition_notices(broken, fixed)] == [("Normal", "AutoscalingActive")]
+    assert transition_notices(pending, fixed) == []

@@ -430,11 +430,18 @@ class ServingSpec(ApiModel):
 
 
 class AutoscalingMetric(StrEnum):
-    """What the HPA scales on."""
+    """What the autoscaler scales on."""
 
     INFLIGHT = "inflight-requests"
     QUEUE = "queue-depth"
     CPU = "cpu"
+
+
+class AutoscalingEngine(StrEnum):
+    """Which controller scales the Deployment."""
+
+    HPA = "hpa"
+    KEDA = "keda"
 
 
 class ScalingBehavior(ApiModel):
@@ -452,7 +459,7 @@ class ScalingBehavior(ApiModel):
 
 
 class AutoscalingSpec(ApiModel):
-    """Horizontal autoscaling; the HPA owns the replica count while enabled."""
+    """Horizontal autoscaling; the autoscaler (an HPA, or KEDA's) owns the replica count while enabled."""
 
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
@@ -462,25 +469,50 @@ class AutoscalingSpec(ApiModel):
                 field_path=".minReplicas",
             ),
             CelRule(
-                rule="self.metric != 'cpu' || self.target <= 100",
+                rule="!has(self.target) || self.metric != 'cpu' || self.target <= 100",
                 message="is a utilization percentage for metric cpu and must be <= 100",
                 field_path=".target",
+            ),
+            CelRule(
+                rule="!has(self.prometheusAddress) || self.engine == 'keda'",
+                message="is read by engine keda only",
+                field_path=".prometheusAddress",
             ),
         )
     )
 
     enabled: StrictBool = Field(
-        True, description="Create an HPA; false keeps the block but scales by spec.replicas."
+        True, description="Scale automatically; false keeps the block but scales by spec.replicas."
     )
-    min_replicas: int = Field(1, ge=1, le=1000, description="Fewest replicas.")
+    engine: AutoscalingEngine = Field(
+        AutoscalingEngine.HPA,
+        description="hpa: an autoscaling/v2 HPA (per-pod metrics through a custom-metrics adapter such as "
+        "prometheus-adapter, or metrics-server for cpu); keda: a KEDA ScaledObject with a Prometheus trigger "
+        "(KEDA creates and owns the HPA).",
+    )
+    min_replicas: int = Field(
+        1, ge=1, le=1000, description="Fewest replicas (no scale to zero: a model loads for minutes)."
+    )
     max_replicas: int = Field(4, ge=1, le=1000, description="Most replicas.")
     metric: AutoscalingMetric = Field(
         AutoscalingMetric.INFLIGHT,
-        description="inflight-requests or queue-depth (per-pod custom metrics from the runtime, need a metrics "
-        "adapter) or cpu (utilization percent).",
+        description="inflight-requests or queue-depth (per-pod gauges of the runtime) or cpu (utilization "
+        "percent; engine hpa only reads it from metrics-server).",
     )
-    target: int = Field(
-        8, ge=1, le=100000, description="Target per pod: requests, queued requests or CPU percent."
+    target: int | None = Field(
+        None,
+        ge=1,
+        le=100000,
+        description="Target per pod: requests, queued requests or CPU percent. Default: what one replica "
+        "holds at once (serving.maxBatchSize, or fewer when the KV-cache pool holds fewer full-length "
+        "requests) for inflight-requests, half of that for queue-depth, 70 for cpu.",
+    )
+    prometheus_address: str | None = Field(
+        None,
+        max_length=1024,
+        pattern=r"^https?://[^\s]+$",
+        description="Engine keda: the Prometheus server KEDA queries; default the operator's "
+        "--prometheus-address (chart value autoscaling.prometheusAddress).",
     )
     behavior: ScalingBehavior = Field(default_factory=ScalingBehavior, description="Stabilization windows.")
 
@@ -631,7 +663,9 @@ class AutoGLMDeploymentSpec(ApiModel):
         le=1000,
         description="Replicas when autoscaling is off (also the scale subresource); default 1.",
     )
-    autoscaling: AutoscalingSpec | None = Field(None, description="HPA settings; absent = fixed replicas.")
+    autoscaling: AutoscalingSpec | None = Field(
+        None, description="Autoscaler settings (HPA or KEDA); absent = fixed replicas."
+    )
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec, description="Node placement.")
     image: ImageSpec = Field(default_factory=ImageSpec, description="Runtime image.")
     probes: ProbesSpec = Field(default_factory=ProbesSpec, description="Health probes.")
@@ -655,13 +689,16 @@ class ConditionType(StrEnum):
     PROGRESSING = "Progressing"
     DEGRADED = "Degraded"
     MEMORY_FIT = "MemoryFit"
+    AUTOSCALING = "Autoscaling"
 
 
 class Condition(ApiModel):
     """Shaped like metav1.Condition."""
 
     type: str = Field(
-        ..., max_length=QUALIFIED_NAME_MAX, description="Ready, Progressing, Degraded or MemoryFit."
+        ...,
+        max_length=QUALIFIED_NAME_MAX,
+        description="Ready, Progressing, Degraded, MemoryFit or Autoscaling.",
     )
     status: str = Field(
         ..., pattern="^(True|False|Unknown)$", max_length=8, description="True, False or Unknown."
@@ -700,7 +737,7 @@ class AutoGLMDeploymentStatus(ApiModel):
 
     observed_generation: int | None = Field(None, description="Generation the operator last reconciled.")
     conditions: list[Condition] = Field(
-        default_factory=list, max_length=8, description="Ready, Progressing, Degraded, MemoryFit."
+        default_factory=list, max_length=8, description="Ready, Progressing, Degraded, MemoryFit, Autoscaling."
     )
     replicas: int | None = Field(None, description="Pods of the Deployment (scale subresource).")
     ready_replicas: int | None = Field(None, description="Ready pods.")

@@ -171,6 +171,12 @@ def crd() -> dict[str, Any]:
                             "description": "Ready replicas.",
                         },
                         {
+                            "name": "Autoscaling",
+                            "type": "string",
+                            "jsonPath": '.status.conditions[?(@.type=="Autoscaling")].reason',
+                            "description": "The autoscaler's state: ScalingActive, or why it cannot scale.",
+                        },
+                        {
                             "name": "Quantization",
                             "type": "string",
                             "jsonPath": ".status.quantization",

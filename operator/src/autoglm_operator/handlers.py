@@ -3,8 +3,9 @@
 Triggers, all ending in the same idempotent ``reconcile``:
 
 - the CR is created, its spec changes, or the operator starts (``on.create/update/resume``);
-- a child the operator manages is deleted, or a Deployment changes (readiness → status): a watch on
-  children with the ``app.kubernetes.io/managed-by=autoglm-operator`` label (``on.event``);
+- a child the operator manages is deleted, a Deployment changes (readiness → status), or an HPA's or
+  ScaledObject's conditions change (→ the ``Autoscaling`` condition): a watch on children with the
+  ``app.kubernetes.io/managed-by=autoglm-operator`` label (``on.event``);
 - a resync loop per CR (a kopf daemon, every ``--resync-seconds``) as the backstop for anything missed.
 
 No finalizer is ever put on the CR: there is no delete handler (children carry owner references
@@ -25,12 +26,23 @@ import kopf
 from kubernetes.config.config_exception import ConfigException
 
 from autoglm_operator import api, labels, metrics
+from autoglm_operator.autoscaling import AutoscalerState
 from autoglm_operator.kube import KINDS, ApiError, Kube, bearer_token, load_configuration
 from autoglm_operator.reconcile import CR_KIND, Options, Outcome, RetryLater, backoff, reconcile
 
 ANNOTATION_PREFIX = "autoglm.io"
 # Children whose deletion or change brings the owner back to a reconcile.
-WATCHED_CHILDREN = ("Deployment", "Service", "ConfigMap", "HorizontalPodAutoscaler", "PodDisruptionBudget")
+WATCHED_CHILDREN = (
+    "Deployment",
+    "Service",
+    "ConfigMap",
+    "HorizontalPodAutoscaler",
+    "ScaledObject",
+    "PodDisruptionBudget",
+)
+# Children whose own status feeds the CR's status: a change of it brings the owner back.
+STATUS_CHILDREN = frozenset({"Deployment", "HorizontalPodAutoscaler", "ScaledObject"})
+AUTOSCALERS = frozenset({"HorizontalPodAutoscaler", "ScaledObject"})
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,9 @@ class _State:
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self.failures: dict[tuple[str, str], int] = {}  # consecutive transient failures per CR
         self._gone: dict[str, asyncio.Event] = {}
+        # The last conditions seen per autoscaler: the HPA controller rewrites its status every 15 s
+        # (current metrics, times); only a change of its conditions is news for the CR.
+        self.autoscalers: dict[tuple[str, str, str], AutoscalerState] = {}
 
     @property
     def kube(self) -> Kube:
@@ -138,7 +153,21 @@ def _owner(child: Mapping[str, Any]) -> Mapping[str, Any] | None:
 
 
 def _child_event_matters(type: str | None, body: kopf.Body, **_: Any) -> bool:  # noqa: A002 (kopf's name)
-    return type == "DELETED" or (type == "MODIFIED" and body.get("kind") == "Deployment")
+    return type == "DELETED" or (type == "MODIFIED" and body.get("kind") in STATUS_CHILDREN)
+
+
+def _autoscaler_news(state: _State, type: str | None, body: Mapping[str, Any]) -> bool:  # noqa: A002
+    """Whether an autoscaler's event changes what the CR reports (its conditions); remembers them."""
+    meta = body.get("metadata") or {}
+    key = (str(body.get("kind")), meta.get("namespace", ""), meta.get("name", ""))
+    if type == "DELETED":
+        state.autoscalers.pop(key, None)
+        return True
+    seen = AutoscalerState.of(body)
+    if state.autoscalers.get(key) == seen:
+        return False
+    state.autoscalers[key] = seen
+    return True
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig | None = None) -> kopf.OperatorRegistry:
@@ -211,6 +240,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig | None = No
         ref = _owner(body)
         if ref is None:
             return
+        if body.get("kind") in AUTOSCALERS and not _autoscaler_news(state, type, body):
+            return
         namespace = body.get("metadata", {}).get("namespace")
         owner = {"metadata": {"namespace": namespace, "name": ref["name"], "uid": ref.get("uid")}}
         logger.debug(
@@ -232,7 +263,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig | None = No
             id=f"child-{kind.plural}",
             labels={"app.kubernetes.io/managed-by": labels.MANAGED_BY},
             # ADDED comes from our own apply and None from the initial listing (on.resume covers
-            # it); of the changes, only a Deployment's matter (its readiness feeds the status).
+            # it); of the changes, only those of children whose status feeds the CR's matter
+            # (Deployment readiness, the autoscaler's conditions).
             when=_child_event_matters,
         )(on_child)
 

@@ -84,6 +84,7 @@ KINDS: dict[str, Kind] = {
         Kind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
         Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
         Kind("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors"),
+        Kind("keda.sh/v1alpha1", "ScaledObject", "scaledobjects"),
         Kind(api.API_VERSION, api.KIND, api.PLURAL),
     )
 }

@@ -28,7 +28,7 @@ from typing import Any
 
 import kopf
 
-from autoglm_operator import api, labels, metrics
+from autoglm_operator import api, autoscaling, labels, metrics
 from autoglm_operator import render as render_mod
 from autoglm_operator.kube import KINDS, ApiError, Kube, kind_of
 from autoglm_operator.memory.errors import MemoryFitError
@@ -51,6 +51,7 @@ APPLY_ORDER = (
     "Service",
     "Deployment",
     "HorizontalPodAutoscaler",
+    "ScaledObject",
     "PodDisruptionBudget",
     "ServiceMonitor",
 )
@@ -58,13 +59,14 @@ APPLY_ORDER = (
 PRUNABLE = (
     "Deployment",
     "HorizontalPodAutoscaler",
+    "ScaledObject",
     "PodDisruptionBudget",
     "ServiceMonitor",
     "Service",
     "ConfigMap",
 )
 # Kinds that may be absent from a cluster (a CRD not installed): skipped with a warning.
-OPTIONAL_KINDS = frozenset({"ServiceMonitor"})
+OPTIONAL_KINDS = frozenset({"ServiceMonitor", "ScaledObject"})
 
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 
@@ -103,6 +105,7 @@ class Options:
     read_nodes: bool = True  # look up GPU memory from GPU-feature-discovery node labels
     allow_network: bool = False  # let the planner fetch config.json from the hub
     field_manager: str = "autoglm-operator"
+    prometheus_address: str = autoscaling.DEFAULT_PROMETHEUS_ADDRESS  # KEDA's Prometheus trigger
 
 
 def applied_hash(obj: Mapping[str, Any]) -> str:
@@ -209,7 +212,9 @@ def _reconcile(
         spec = render_mod.parse_spec(body)
         node_gpu = _node_gpu(kube, spec, logger) if options.read_nodes else None
         plan = _plan(spec, node_gpu) if options.allow_network else None
-        rendered = render_mod.render(body, node_gpu=node_gpu, plan=plan)
+        rendered = render_mod.render(
+            body, node_gpu=node_gpu, plan=plan, prometheus_address=options.prometheus_address
+        )
     except (render_mod.SpecError, MemoryFitError) as e:
         text = spec_error_text(e)
         logger.warning(f"Invalid spec of {api.KIND} {namespace}/{name}: {text}")
@@ -311,6 +316,7 @@ def _observation(
     deployment = next((obj for (k, _), obj in live.items() if k == "Deployment"), None)
     service = next((o for o in wanted if o["kind"] == "Service"), None)
     return Observation(
+        autoscaling=_autoscaling_view(spec, rendered, live, warnings),
         generation=meta.get("generation"),
         plan=rendered.plan,
         skip_fit_check=spec.memory.skip_fit_check,
@@ -325,6 +331,25 @@ def _observation(
         ),
         apply_error=apply_error,
         warnings=tuple(warnings),
+    )
+
+
+def _autoscaling_view(
+    spec: api.AutoGLMDeploymentSpec,
+    rendered: render_mod.Rendered,
+    live: Mapping[tuple[str, str], Mapping[str, Any]],
+    warnings: list[str],
+) -> autoscaling.AutoscalingView | None:
+    """The autoscaler the spec wants, as it is live (None when autoscaling is off or no pods are wanted)."""
+    if not spec.autoscaling_enabled or spec.autoscaling is None or rendered.deployment_skipped_reason:
+        return None
+    kind = "ScaledObject" if spec.autoscaling.engine is api.AutoscalingEngine.KEDA else "HorizontalPodAutoscaler"
+    obj = next((o for (k, _), o in live.items() if k == kind), None)
+    return autoscaling.AutoscalingView(
+        engine=spec.autoscaling.engine,
+        metric=spec.autoscaling.metric,
+        state=autoscaling.AutoscalerState.of(obj) if obj is not None else None,
+        crd_missing=any(w.startswith(f"{kind} skipped") for w in warnings),
     )
 
 

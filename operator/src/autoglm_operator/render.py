@@ -43,8 +43,8 @@ import jinja2
 import pydantic
 import yaml
 
-from autoglm_operator import api, labels, pod
-from autoglm_operator.api import AutoGLMDeploymentSpec, AutoscalingMetric
+from autoglm_operator import api, autoscaling, labels, pod
+from autoglm_operator.api import AutoGLMDeploymentSpec
 from autoglm_operator.memory.types import GIB, GpuInfo, MemoryPlan
 from autoglm_operator.pod import gpu_product_label
 from autoglm_operator.spec_errors import SpecError, check_metadata, parse_spec
@@ -65,10 +65,6 @@ __all__ = [
 ]
 
 SETTINGS_CHECKSUM_ANNOTATION = "autoglm.io/settings-checksum"
-HPA_POD_METRICS = {  # per-pod gauges the runtime exports (through a custom-metrics adapter)
-    AutoscalingMetric.INFLIGHT: "autoglm_inflight_requests",
-    AutoscalingMetric.QUEUE: "autoglm_queue_depth",
-}
 
 
 def _package_version() -> str:
@@ -301,11 +297,13 @@ def render(
     node_gpu: GpuInfo | None = None,
     plan: MemoryPlan | None = None,
     operator_version: str = OPERATOR_VERSION,
+    prometheus_address: str = autoscaling.DEFAULT_PROMETHEUS_ADDRESS,
 ) -> Rendered:
     """The objects for one AutoGLMDeployment (a dict as read from YAML or received by kopf).
 
     ``node_gpu`` is the GPU seen on candidate nodes (from GPU feature discovery labels), used by the
-    memory planner; ``plan`` skips planning when the caller already has one. Raises
+    memory planner; ``plan`` skips planning when the caller already has one; ``prometheus_address``
+    is where a KEDA ScaledObject's Prometheus trigger queries, unless the spec names one. Raises
     :class:`SpecError` for a CR that cannot be rendered.
     """
     name, namespace = check_metadata(cr)
@@ -355,7 +353,18 @@ def render(
 
     skipped = _skip_reason(spec, plan)
     if skipped is None:
-        objects.extend(_workload(spec, plan, loc, ctx, image=image, checksum=checksum, common=common))
+        objects.extend(
+            _workload(
+                spec,
+                plan,
+                loc,
+                ctx,
+                image=image,
+                checksum=checksum,
+                common=common,
+                prometheus_address=prometheus_address,
+            )
+        )
 
     if spec.monitoring.service_monitor:
         ctx["monitor"] = {
@@ -387,8 +396,9 @@ def _workload(
     image: str,
     checksum: str,
     common: Mapping[str, str],
+    prometheus_address: str,
 ) -> list[dict[str, Any]]:
-    """Deployment, then HPA and PDB when they apply."""
+    """Deployment, then the autoscaler (HPA or ScaledObject) and PDB when they apply."""
     autoscaled = spec.autoscaling_enabled
     replicas = None if autoscaled else (spec.replicas if spec.replicas is not None else 1)
     node_selector, tolerations = pod.scheduling(spec)
@@ -443,17 +453,10 @@ def _workload(
     )
     out = [_fill("deployment.yaml.j2", ctx)]
     if autoscaled and spec.autoscaling is not None:
-        a = spec.autoscaling
-        ctx["hpa"] = {
-            "min_replicas": a.min_replicas,
-            "max_replicas": a.max_replicas,
-            "metric": a.metric.value,
-            "pods_metric": HPA_POD_METRICS.get(a.metric),
-            "target": a.target,
-            "scale_up_window": a.behavior.scale_up_stabilization_seconds,
-            "scale_down_window": a.behavior.scale_down_stabilization_seconds,
-        }
-        out.append(_fill("hpa.yaml.j2", ctx))
+        ctx["hpa"] = autoscaling.context(
+            spec, plan, name=ctx["name"], namespace=ctx["namespace"], prometheus_address=prometheus_address
+        )
+        out.append(_fill(autoscaling.template(spec), ctx))
     if (pdb := pod.disruption_budget(spec, replicas)) is not None:
         ctx["pdb"] = pdb
         out.append(_fill("pdb.yaml.j2", ctx))

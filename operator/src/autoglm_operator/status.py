@@ -10,6 +10,9 @@ Condition meanings:
 - ``Progressing``: a rollout is under way (pods being created, loading the model, or old pods leaving).
 - ``Degraded``: the operator cannot deliver the spec: invalid spec, the model does not fit,
   an API error it will not retry, or the Deployment reports a failed rollout.
+- ``Autoscaling`` (only with autoscaling on): the autoscaler can read its metric and scale, after
+  the HPA's ``AbleToScale``/``ScalingActive`` or the KEDA ScaledObject's ``Ready``
+  (:mod:`autoglm_operator.autoscaling`); not part of ``Degraded``: a broken autoscaler is not an outage.
 - ``MemoryFit``: the memory estimate of the chosen quantization fits the GPU budget (``Unknown``,
   reason ``GpuUnknown``, when an explicit quantization runs on a GPU neither the spec nor a node
   label describes: pods are created, the message says how to get a fit check).
@@ -23,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from autoglm_operator import autoscaling
 from autoglm_operator.api import ConditionType
 from autoglm_operator.memory.types import GIB, MemoryPlan
 
@@ -43,6 +47,7 @@ class Observation:
     endpoint: str | None = None
     apply_error: str | None = None  # a non-retryable API error while applying children
     warnings: Sequence[str] = field(default_factory=tuple)  # e.g. ServiceMonitor CRD missing
+    autoscaling: autoscaling.AutoscalingView | None = None  # None: no autoscaler wanted
 
 
 def now_rfc3339() -> str:
@@ -188,7 +193,10 @@ def desired_conditions(obs: Observation) -> list[dict[str, Any]]:
         degraded_c = _cond(degraded, FALSE, "AsExpectedWithWarnings", "; ".join(obs.warnings))
     else:
         degraded_c = _cond(degraded, FALSE, "AsExpected", "")
-    return [ready_c, prog_c, degraded_c, memory_cond]
+    conds = [ready_c, prog_c, degraded_c, memory_cond]
+    if obs.autoscaling is not None:
+        conds.append(autoscaling.condition(obs.autoscaling))
+    return conds
 
 
 def _nofit_message(plan: MemoryPlan) -> str:
@@ -318,6 +326,12 @@ def transition_notices(before: Mapping[str, Any] | None, after: Mapping[str, Any
     old_ready, ready, _ = changed(ConditionType.READY.value)
     if ready and ready["status"] == TRUE and (old_ready is None or old_ready.get("status") != TRUE):
         notices.append(Notice("Normal", "Ready", ready["message"]))
+    old_scaling, scaling, _ = changed(ConditionType.AUTOSCALING.value)
+    was = old_scaling.get("status") if old_scaling else None
+    if scaling and scaling["status"] == FALSE and was != FALSE:
+        notices.append(Notice("Warning", "AutoscalingInactive", f"{scaling['reason']}: {scaling['message']}"))
+    elif scaling and scaling["status"] == TRUE and was == FALSE:
+        notices.append(Notice("Normal", "AutoscalingActive", scaling["message"]))
     if old_deg := condition(before, ConditionType.DEGRADED.value):
         new_deg = condition(after, ConditionType.DEGRADED.value)
         if old_deg.get("status") == TRUE and new_deg and new_deg.get("status") == FALSE:

@@ -481,9 +481,10 @@ class ApiEmulator(kmock.KubernetesEmulator):
         return {(verb, target): n for (who, verb, target), n in self.writes.items() if who == client and n}
 
 
-def register_resources(emu: kmock.KubernetesEmulator) -> None:
-    """Built-in discovery, the AutoGLMDeployment CRD (without it kopf idles silently) and kopf's
-    peering CRDs (as the chart installs them: no status subresource)."""
+def register_resources(emu: kmock.KubernetesEmulator, *, keda: bool = True) -> None:
+    """Built-in discovery, the AutoGLMDeployment CRD (without it kopf idles silently), kopf's
+    peering CRDs (as the chart installs them: no status subresource) and, unless ``keda`` is false,
+    KEDA's ScaledObject CRD."""
     from autoglm_operator import api
 
     for plural, kind, namespaced in (
@@ -498,6 +499,14 @@ def register_resources(emu: kmock.KubernetesEmulator) -> None:
         )
 
     emu.resources.load_bundled()
+    if keda:
+        emu.resources["keda.sh/v1alpha1/scaledobjects"] = kmock.ResourceInfo(
+            kind="ScaledObject",
+            singular="scaledobject",
+            namespaced=True,
+            verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+            subresources={"status"},
+        )
     emu.resources[f"{api.GROUP}/{api.VERSION}/{api.PLURAL}"] = kmock.ResourceInfo(
         kind=api.KIND,
         singular=api.SINGULAR,

@@ -134,6 +134,12 @@ class Harness:
         items = await self.call(self.kube.list, KINDS["Event"], self.namespace)
         return [e for e in items if (e.get("involvedObject") or {}).get("name") == name]
 
+    async def set_status(self, kind: str, name: str, status: Mapping[str, Any]) -> None:
+        """Play a child's controller (emulator only): write its status subresource."""
+        await self.call(
+            self.kube.patch, KINDS[kind], self.namespace, name, {"status": dict(status)}, subresource="status"
+        )
+
     async def set_deployment_ready(self, name: str, ready: int) -> None:
         """Play the Deployment controller (emulator only: a real controller owns this status)."""
         dep = await self.get("Deployment", name)
@@ -178,7 +184,7 @@ class Harness:
         return None
 
     async def wait_condition(
-        self, name: str, type_: str, status: str, reason: str | None = None
+        self, name: str, type_: str, status: str, reason: str | None = None, *, timeout: float = TIMEOUT
     ) -> dict[str, Any]:
         async def check() -> dict[str, Any] | None:
             cond = await self.condition(name, type_)
@@ -186,7 +192,9 @@ class Harness:
                 return cond
             return None
 
-        return await self.eventually(check, f"{type_}={status} ({reason or 'any reason'}) on {name}")
+        return await self.eventually(
+            check, f"{type_}={status} ({reason or 'any reason'}) on {name}", timeout=timeout
+        )
 
     async def settle(self, seconds: float) -> None:
         await asyncio.sleep(seconds)

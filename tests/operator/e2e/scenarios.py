@@ -215,3 +215,103 @@ async def memory_does_not_fit(h: Harness, name: str = "big") -> None:
         h, name, {"ConfigMap", "Service", "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
     )
     await h.wait_condition(name, "MemoryFit", "True")
+
+
+# -- the autoscaler's own state on the CR ------------------------------------------------------
+
+ADAPTER_MISSING = (
+    "the HPA was unable to compute the replica count: unable to get metric autoglm_inflight_requests: "
+    "unable to fetch metrics from custom metrics API: no custom metrics API (custom.metrics.k8s.io) registered"
+)
+
+
+def hpa_status(active: bool, tick: int = 0) -> dict[str, Any]:
+    """An HPA status as the HPA controller writes it every 15 s (the times and counts move each time)."""
+    conds = [
+        {"type": "AbleToScale", "status": "True", "reason": "SucceededGetScale",
+         "message": "the HPA controller was able to get the target's current scale"},
+        {"type": "ScalingActive", "status": "True" if active else "False",
+         "reason": "ValidMetricFound" if active else "FailedGetPodsMetric",
+         "message": "the HPA was able to successfully calculate a replica count" if active else ADAPTER_MISSING},
+    ]
+    for cond in conds:
+        cond["lastTransitionTime"] = f"2026-12-07T10:00:{tick % 60:02d}Z"
+    return {"currentReplicas": 2, "desiredReplicas": 2 + tick % 2, "conditions": conds}
+
+
+def keda_status(ready: bool) -> dict[str, Any]:
+    return {
+        "hpaName": "keda-hpa-x",
+        "conditions": [
+            {"type": "Ready", "status": "True" if ready else "False",
+             "reason": "ScaledObjectReady" if ready else "KEDAScalerFailed",
+             "message": "ScaledObject is defined correctly and is ready for scaling" if ready
+             else "error establishing the connection to prometheus"},
+            {"type": "Active", "status": "False", "reason": "ScalerNotActive", "message": "Scaling is not performed"},
+        ],
+    }
+
+
+async def autoscaler_inactive_shows_on_the_cr(h: Harness, name: str = "scaled") -> None:
+    """No custom metrics API: the HPA cannot read its metric, and the CR says so, with the fix, once.
+
+    Against a real API server the HPA controller sets ScalingActive=False by itself (no adapter is
+    installed there); the emulator plays the controller, rewriting the status like every 15 s."""
+    await h.create_cr(name, SPEC)
+    if h.emulated:
+        await wait_children(
+            h, name, {"ConfigMap", "Service", "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
+        )
+        await h.wait_condition(name, "Autoscaling", "Unknown", "Pending")
+        for tick in range(4):
+            await h.set_status("HorizontalPodAutoscaler", name, hpa_status(active=False, tick=tick))
+            await h.settle(0.1)
+    cond = await h.wait_condition(name, "Autoscaling", "False", "FailedGetPodsMetric", timeout=60)
+    assert "custom.metrics.k8s.io" in cond["message"], cond
+    assert "deploy/prometheus-adapter/values.yaml" in cond["message"], cond
+    assert "engine: keda" in cond["message"], cond
+    # Serving is not degraded by it: the Degraded condition stays about serving.
+    degraded = await h.condition(name, "Degraded")
+    assert degraded is not None
+    assert degraded["status"] == "False", degraded
+    events = await h.eventually(
+        lambda: _events_with(h, name, "AutoscalingInactive"), "a Warning AutoscalingInactive event"
+    )
+    assert events[0]["type"] == "Warning"
+    assert "FailedGetPodsMetric" in events[0]["message"]
+    await h.settle(2.0 if h.emulated else 20.0)  # a real HPA controller rewrites its status every 15 s
+    assert len(await _events_with(h, name, "AutoscalingInactive")) == 1, "one Event per transition"
+    if not h.emulated:
+        return  # no metrics API on the real server: the recovery is the emulator's part
+    await h.set_status("HorizontalPodAutoscaler", name, hpa_status(active=True))
+    cond = await h.wait_condition(name, "Autoscaling", "True", "ScalingActive")
+    events = await h.eventually(lambda: _events_with(h, name, "AutoscalingActive"), "a Normal AutoscalingActive")
+    assert events[0]["type"] == "Normal"
+    assert len(await _events_with(h, name, "AutoscalingInactive")) == 1
+
+
+async def keda_scaled_object_replaces_the_hpa(h: Harness, name: str = "keda") -> None:
+    """engine: keda renders a ScaledObject (no HPA of ours); its Ready condition becomes the CR's."""
+    keda = spec(autoscaling={"minReplicas": 1, "maxReplicas": 3, "engine": "keda"})
+    await h.create_cr(name, keda)
+    so = await h.eventually(lambda: h.get("ScaledObject", name), "the ScaledObject")
+    trigger = so["spec"]["triggers"][0]
+    assert trigger["type"] == "prometheus"
+    assert f'namespace="{h.namespace}"' in trigger["metadata"]["query"]
+    assert await h.get("HorizontalPodAutoscaler", name) is None
+    if h.emulated:
+        await h.set_status("ScaledObject", name, keda_status(ready=False))
+        cond = await h.wait_condition(name, "Autoscaling", "False", "KEDAScalerFailed")
+        assert "prometheus" in cond["message"]
+        await h.set_status("ScaledObject", name, keda_status(ready=True))
+        await h.wait_condition(name, "Autoscaling", "True", "ScaledObjectReady")
+    else:  # no KEDA controller runs there: the ScaledObject was admitted, nobody evaluates it
+        await h.wait_condition(name, "Autoscaling", "Unknown", "Pending")
+    # Switching engines prunes the other object.
+    await h.patch_spec(name, {"autoscaling": {"engine": "hpa"}})
+    await h.eventually(lambda: h.get("HorizontalPodAutoscaler", name), "the HPA")
+
+    async def pruned() -> bool:
+        return await h.get("ScaledObject", name) is None
+
+    await h.eventually(pruned, "the ScaledObject to be pruned")

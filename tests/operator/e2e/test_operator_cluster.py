@@ -65,9 +65,10 @@ async def test_resync_keeps_resource_versions(cluster: Harness) -> None:
     before = {k: o["metadata"]["resourceVersion"] for k, o in (await cluster.children("chat")).items()}
     await cluster.settle(3)
     after = {k: o["metadata"]["resourceVersion"] for k, o in (await cluster.children("chat")).items()}
-    # Only the Deployment may move: its real controller updates its status.
-    before.pop("Deployment")
-    after.pop("Deployment")
+    # Only the Deployment and the HPA may move: their real controllers update their status.
+    for kind in ("Deployment", "HorizontalPodAutoscaler"):
+        before.pop(kind)
+        after.pop(kind)
     assert after == before
 
 
@@ -87,3 +88,19 @@ async def test_drift_and_deletion(cluster: Harness) -> None:
 async def test_memory_does_not_fit(cluster: Harness) -> None:
     await cluster.start_operator()
     await scenarios.memory_does_not_fit(cluster)
+
+
+async def test_inactive_autoscaler_shows_within_a_minute(cluster: Harness) -> None:
+    """The real HPA controller, with no custom metrics API installed, sets ScalingActive=False."""
+    await cluster.start_operator()
+    await scenarios.autoscaler_inactive_shows_on_the_cr(cluster)
+
+
+async def test_keda_scaled_object_is_admitted(cluster: Harness) -> None:
+    """Needs KEDA's CRD (../shared/crds/keda.sh_scaledobjects.yaml) installed, not KEDA itself."""
+    try:
+        cluster.kube.list(KINDS["ScaledObject"], cluster.namespace)
+    except ApiError as e:
+        pytest.skip(f"KEDA's ScaledObject CRD is not installed: {e}")
+    await cluster.start_operator()
+    await scenarios.keda_scaled_object_replaces_the_hpa(cluster)

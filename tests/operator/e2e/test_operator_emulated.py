@@ -236,3 +236,24 @@ async def test_minimal_cr_plans_against_the_gpu_node_labels(harness: Harness) ->
     status = (await harness.get(api.KIND, "labelled"))["status"]
     assert status["estimate"]["budgetGib"] < 23, status["estimate"]
     assert await harness.get("Deployment", "labelled") is not None
+
+
+async def test_inactive_hpa_shows_on_the_cr_once(harness: Harness) -> None:
+    await harness.start_operator()
+    await scenarios.autoscaler_inactive_shows_on_the_cr(harness)
+
+
+async def test_keda_scaled_object_instead_of_the_hpa(harness: Harness) -> None:
+    await harness.start_operator()
+    await scenarios.keda_scaled_object_replaces_the_hpa(harness)
+
+
+async def test_keda_not_installed_says_so(harness: Harness) -> None:
+    del harness.emulator.resources["keda.sh/v1alpha1/scaledobjects"]
+    await harness.start_operator()
+    await harness.create_cr("keda", scenarios.spec(autoscaling={"engine": "keda"}))
+    cond = await harness.wait_condition("keda", "Autoscaling", "False", "KedaNotInstalled")
+    assert "engine: hpa" in cond["message"]
+    degraded = await harness.wait_condition("keda", "Degraded", "False", "AsExpectedWithWarnings")
+    assert "ScaledObject" in degraded["message"]
+    assert await harness.get("HorizontalPodAutoscaler", "keda") is None

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from autoglm_operator import api
+from autoglm_operator.autoscaling import DEFAULT_PROMETHEUS_ADDRESS
 from autoglm_operator.memory.types import GIB
 from autoglm_operator.render import OPERATOR_VERSION, Rendered, SpecError, dump_json, dump_yaml, render
 
@@ -37,6 +38,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--operator-version",
         default=OPERATOR_VERSION,
         help=f"version whose runtime image tag is used when spec.image sets none (default {OPERATOR_VERSION})",
+    )
+    p.add_argument(
+        "--prometheus-address",
+        default=DEFAULT_PROMETHEUS_ADDRESS,
+        help="Prometheus server of KEDA ScaledObjects whose CR names none, as the operator's flag "
+        "(default %(default)s)",
     )
 
 
@@ -89,7 +96,9 @@ def run(args: argparse.Namespace) -> int:
             cr_name = (doc.get("metadata") or {}).get("name", "?")
             label = f"{name}[{i}] {cr_name}"
             try:
-                rendered = render(doc, operator_version=args.operator_version)
+                rendered = render(
+                    doc, operator_version=args.operator_version, prometheus_address=args.prometheus_address
+                )
             except SpecError as exc:
                 failed = True
                 for path, message in exc.problems:

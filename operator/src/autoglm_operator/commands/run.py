@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from autoglm_operator import autoscaling
+
 DEFAULT_PEERING = "autoglm-operator"
 DEFAULT_PEERING_LIFETIME = 15
 # Start-time priorities: 2**52 - (milliseconds since the epoch * 1024 + a random 0..1023). The older
@@ -143,6 +145,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=_env_bool("NO_NODE_LOOKUP"),
         help="do not read GPU-feature-discovery node labels (when RBAC gives no access to nodes)",
     )
+    behaviour.add_argument(
+        "--prometheus-address",
+        default=_env("PROMETHEUS_ADDRESS", autoscaling.DEFAULT_PROMETHEUS_ADDRESS),
+        help="Prometheus server that KEDA ScaledObjects (spec.autoscaling.engine: keda) query, unless the CR "
+        "names one (default: %(default)s)",
+    )
     logs = p.add_argument_group("logging")
     logs.add_argument(
         "--log-format",
@@ -200,7 +208,11 @@ def build(args: argparse.Namespace, hooks: Hooks | None = None) -> tuple[Any, di
 
     config = OperatorConfig(
         resync_seconds=args.resync_seconds,
-        options=Options(read_nodes=not args.no_node_lookup, allow_network=args.allow_network),
+        options=Options(
+            read_nodes=not args.no_node_lookup,
+            allow_network=args.allow_network,
+            prometheus_address=args.prometheus_address,
+        ),
         tune=tune,
     )
     registry = register(kopf.OperatorRegistry(), config)
