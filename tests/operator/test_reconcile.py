@@ -1,4 +1,5 @@
-"""reconcile() against an in-memory fake of the operator's API client (no HTTP, no kopf loop)."""
+"""reconcile() against an in-memory fake of the operator's API client (no HTTP, no kopf loop) and a
+:class:`Cache` standing for what the operator's watches delivered."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import kopf
 import pytest
 
+from autoglm_operator.cache import Cache, Change
 from autoglm_operator.kube import ApiError, Kind
 from autoglm_operator.reconcile import HASH_ANNOTATION, RetryLater, applied_hash, backoff, reconcile
 
@@ -34,26 +36,32 @@ class FakeKube:
         self.writes: list[tuple[str, str]] = []
         self.fail: dict[tuple[str, str], ApiError] = {}
         self.last_patch: dict[str, Any] = {}
+        self.reads: list[tuple[str, str]] = []
+        self._version = 100
 
     def _maybe_fail(self, verb: str, kind: str) -> None:
         if (verb, kind) in self.fail:
             raise self.fail[(verb, kind)]
 
     def get(self, kind: Kind, namespace: str | None, name: str) -> dict[str, Any] | None:
+        self.reads.append(("get", kind.kind))
         return copy.deepcopy(self.objects.get((kind.kind, name)))
 
     def list(
         self, kind: Kind, namespace: str | None, *, label_selector: str | None = None
     ) -> list[dict[str, Any]]:
-        if kind.kind == "ServiceMonitor":
-            raise ApiError(404, "NotFound", "no such resource")
+        self.reads.append(("list", kind.kind))
         return [copy.deepcopy(o) for (k, _), o in self.objects.items() if k == kind.kind]
 
     def apply(self, obj: dict[str, Any], *, field_manager: str = "", force: bool = True) -> dict[str, Any]:
         self._maybe_fail("apply", obj["kind"])
         self.writes.append(("apply", obj["kind"]))
-        self.objects[(obj["kind"], obj["metadata"]["name"])] = copy.deepcopy(obj)
-        return copy.deepcopy(obj)
+        stored = copy.deepcopy(obj)
+        self._version += 1
+        stored["metadata"].setdefault("uid", f"uid-{obj['kind']}-{obj['metadata']['name']}")
+        stored["metadata"]["resourceVersion"] = str(self._version)
+        self.objects[(obj["kind"], obj["metadata"]["name"])] = stored
+        return copy.deepcopy(stored)
 
     def delete(self, kind: Kind, namespace: str | None, name: str, *, uid: str | None = None) -> bool:
         self.writes.append(("delete", kind.kind))
@@ -76,8 +84,8 @@ def _with_status(cr: dict[str, Any], status: dict[str, Any] | None) -> dict[str,
 
 
 def test_second_reconcile_writes_nothing() -> None:
-    kube = FakeKube()
-    first = reconcile(CR, kube, LOG)  # type: ignore[arg-type]
+    kube, cache = FakeKube(), Cache()
+    first = reconcile(CR, kube, LOG, cache=cache)  # type: ignore[arg-type]
     assert first.result == "applied"
     assert sorted(kube.writes) == sorted(
         [
@@ -90,24 +98,67 @@ def test_second_reconcile_writes_nothing() -> None:
         ]
     )
     kube.writes.clear()
-    second = reconcile(_with_status(CR, first.status), kube, LOG)  # type: ignore[arg-type]
+    second = reconcile(_with_status(CR, first.status), kube, LOG, cache=cache)  # type: ignore[arg-type]
     assert second.result == "unchanged"
     assert kube.writes == []
+    assert kube.reads == [], "everything came from the cache"
+
+
+def test_a_child_from_the_listing_is_read_once_then_trusted() -> None:
+    """After a restart the cache's records come from the watch's listing: each child is compared in
+    full once (one GET), then a reconcile reads nothing."""
+    kube, cache = FakeKube(), Cache()
+    first = reconcile(CR, kube, LOG, cache=cache)  # type: ignore[arg-type]
+    restarted = Cache()
+    for obj in kube.objects.values():
+        restarted.observe_child(obj, None)
+    kube.writes.clear()
+    again = _with_status(CR, first.status)
+    assert reconcile(again, kube, LOG, cache=restarted).result == "unchanged"  # type: ignore[arg-type]
+    assert sorted(kube.reads) == sorted(("get", k) for k, _ in kube.objects)
+    assert kube.writes == []
+    kube.reads.clear()
+    reconcile(again, kube, LOG, cache=restarted)  # type: ignore[arg-type]
+    assert kube.reads == []
+
+
+def test_drift_reported_by_the_watch_is_reapplied() -> None:
+    kube, cache = FakeKube(), Cache()
+    first = reconcile(CR, kube, LOG, cache=cache)  # type: ignore[arg-type]
+    edited = copy.deepcopy(kube.objects[("Service", "chat")])
+    edited["spec"]["ports"][0]["port"] = 9999  # kubectl edit: the applied-hash annotation stays
+    edited["metadata"]["resourceVersion"] = "999"
+    kube.objects[("Service", "chat")] = edited
+    assert cache.observe_child(edited, "MODIFIED") is Change.DRIFT
+    kube.writes.clear()
+    reconcile(_with_status(CR, first.status), kube, LOG, cache=cache)  # type: ignore[arg-type]
+    assert kube.writes == [("apply", "Service")]
+    assert kube.reads == []
+    # A status-only change of a child is not drift.
+    dep = copy.deepcopy(kube.objects[("Deployment", "chat")])
+    dep["status"] = {"readyReplicas": 1}
+    dep["metadata"]["resourceVersion"] = "1000"
+    assert cache.observe_child(dep, "MODIFIED") is Change.STATUS
 
 
 def test_unwanted_children_are_pruned_only_when_owned() -> None:
-    kube = FakeKube()
-    first = reconcile(CR, kube, LOG)  # type: ignore[arg-type]
+    kube, cache = FakeKube(), Cache()
+    first = reconcile(CR, kube, LOG, cache=cache)  # type: ignore[arg-type]
     stranger = copy.deepcopy(kube.objects[("HorizontalPodAutoscaler", "chat")])
     stranger["metadata"]["name"] = "someone-elses"
-    stranger["metadata"]["ownerReferences"] = [{"uid": "other"}]
+    stranger["metadata"]["uid"] = "stranger"
+    stranger["metadata"]["ownerReferences"] = [
+        {"apiVersion": "autoglm.io/v1alpha1", "kind": "AutoGLMDeployment", "name": "x", "uid": "other"}
+    ]
     kube.objects[("HorizontalPodAutoscaler", "someone-elses")] = stranger
+    cache.observe_child(stranger, "ADDED")
     no_hpa = copy.deepcopy(CR)
     no_hpa["spec"].pop("autoscaling")
     no_hpa["metadata"]["generation"] = 2
     kube.writes.clear()
-    reconcile(_with_status(no_hpa, first.status), kube, LOG)  # type: ignore[arg-type]
+    reconcile(_with_status(no_hpa, first.status), kube, LOG, cache=cache)  # type: ignore[arg-type]
     assert ("delete", "HorizontalPodAutoscaler") in kube.writes
+    assert kube.reads == [], "pruning asks the cache's owner index, not the API server"
     assert ("HorizontalPodAutoscaler", "chat") not in kube.objects
     assert ("HorizontalPodAutoscaler", "someone-elses") in kube.objects
 

@@ -146,6 +146,7 @@ def test_render_never_crashes_and_output_is_valid(obj: dict[str, Any]) -> None:
     assert data["AUTOGLM_QUANTIZATION"] == r.plan.quantization != "auto"
     for o in r.objects:
         if o["kind"] == "Deployment":
-            assert ("replicas" in o["spec"]) == ("HorizontalPodAutoscaler" not in kinds)
+            autoscaled = "HorizontalPodAutoscaler" in kinds or "ScaledObject" in kinds
+            assert ("replicas" in o["spec"]) == (not autoscaled)
             annotations = o["spec"]["template"]["metadata"]["annotations"]
             assert annotations[SETTINGS_CHECKSUM_ANNOTATION] == settings_checksum(data)

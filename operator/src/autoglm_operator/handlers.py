@@ -1,23 +1,38 @@
 """The kopf glue: when to reconcile. What a reconcile does lives in :mod:`autoglm_operator.reconcile`.
 
-Triggers, all ending in the same idempotent ``reconcile``:
+The operator reads the cluster only through its watches (:mod:`autoglm_operator.cache`):
 
-- the CR is created, its spec changes, or the operator starts (``on.create/update/resume``);
-- a child the operator manages is deleted, a Deployment changes (readiness → status), or an HPA's or
-  ScaledObject's conditions change (→ the ``Autoscaling`` condition): a watch on children with the
-  ``app.kubernetes.io/managed-by=autoglm-operator`` label (``on.event``);
-- a resync loop per CR (a kopf daemon, every ``--resync-seconds``) as the backstop for anything missed.
+- every event of a CR (``on.event``: the initial listing, created, changed, our own status patch's
+  echo) updates the cached CR; an event newer than what the cache holds reconciles it, the echo of
+  the operator's own write does not;
+- children the operator labelled ``app.kubernetes.io/managed-by=autoglm-operator`` are watched with
+  that label as a *server-side* selector (the API server sends nothing else); an event reconciles
+  the owner only when the child was deleted, drifted from what was applied, or the part of its
+  status the CR reports changed (Deployment readiness, an autoscaler's conditions);
+- GPU-labelled nodes (``nvidia.com/gpu.product`` present, server-side) are a kopf index of their
+  labels for the memory planner: kopf fills indexes from the initial listing before any other
+  handler runs, so no CR is planned on half the nodes; a later change of a node's labels schedules
+  a re-check of every CR;
+- a per-CR kopf daemon is the backstop: a resync every ``--resync-seconds`` (default 600, ±10%
+  jitter so 1,000 CRs do not re-check in step) and the retries of transient failures. A resync of
+  an unchanged CR makes no API request: it renders and compares with the cache.
 
-No finalizer is ever put on the CR: there is no delete handler (children carry owner references
-and the garbage collector removes them), and the resync daemon is registered without the finalizer
-kopf would add for daemons by default. Kopf keeps its own bookkeeping in ``autoglm.io/*``
-annotations, never in ``status`` (the status schema is strict).
+Reconciles of one CR never overlap (a lock per CR). No finalizer is ever put on the CR: children
+carry owner references and the garbage collector removes them, and the daemon is registered
+without the finalizer kopf would add by default. Kopf writes nothing to the CR: no change-detection
+handler (``on.create/update/resume``) is registered, so no ``last-handled-configuration`` or
+progress annotations.
+
+Peering: kopf pauses the watches and stops the daemons of a replica that is not the leader, so a
+standby neither reconciles nor retries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -26,12 +41,12 @@ import kopf
 from kubernetes.config.config_exception import ConfigException
 
 from autoglm_operator import api, labels, metrics
-from autoglm_operator.autoscaling import AutoscalerState
-from autoglm_operator.kube import KINDS, ApiError, Kube, bearer_token, load_configuration
-from autoglm_operator.reconcile import CR_KIND, Options, Outcome, RetryLater, backoff, reconcile
+from autoglm_operator.cache import Cache, Change
+from autoglm_operator.kube import KINDS, Kube, bearer_token, load_configuration
+from autoglm_operator.reconcile import GPU_PRODUCT_LABEL, Options, Outcome, RetryLater, reconcile
 
 ANNOTATION_PREFIX = "autoglm.io"
-# Children whose deletion or change brings the owner back to a reconcile.
+# Children whose deletion, drift or status brings the owner back to a reconcile.
 WATCHED_CHILDREN = (
     "Deployment",
     "Service",
@@ -39,17 +54,19 @@ WATCHED_CHILDREN = (
     "HorizontalPodAutoscaler",
     "ScaledObject",
     "PodDisruptionBudget",
+    "PersistentVolumeClaim",
+    "ServiceMonitor",
 )
-# Children whose own status feeds the CR's status: a change of it brings the owner back.
-STATUS_CHILDREN = frozenset({"Deployment", "HorizontalPodAutoscaler", "ScaledObject"})
-AUTOSCALERS = frozenset({"HorizontalPodAutoscaler", "ScaledObject"})
+CHILD_SELECTOR = f"app.kubernetes.io/managed-by={labels.MANAGED_BY}"
+RESYNC_JITTER = 0.1  # ± fraction of the resync period
+NODE_RECHECK_DELAY = 1.0  # seconds: a burst of node events (the listing) re-checks the CRs once
 
 
 @dataclass(frozen=True)
 class OperatorConfig:
     """Settings of the handlers (``autoglm-operator run`` flags)."""
 
-    resync_seconds: float = 60.0
+    resync_seconds: float = 600.0
     options: Options = dataclasses.field(default_factory=Options)
     # Hook for tests and embedders: tune kopf's settings after ours (timeouts, backoffs).
     tune: Callable[[kopf.OperatorSettings], None] | None = None
@@ -57,17 +74,17 @@ class OperatorConfig:
 
 
 class _State:
-    """Per-operator state: one API client and one lock per CR (reconciles of one CR never overlap)."""
+    """Per-operator state: one API client, the cache, and per CR a lock and its next check."""
 
     def __init__(self, config: OperatorConfig) -> None:
         self.config = config
+        self.cache = Cache()
         self._kube: Kube | None = None
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self.failures: dict[tuple[str, str], int] = {}  # consecutive transient failures per CR
+        self.due: dict[str, float] = {}  # uid → when its daemon reconciles next (monotonic)
+        self._wake: dict[str, asyncio.Event] = {}
         self._gone: dict[str, asyncio.Event] = {}
-        # The last conditions seen per autoscaler: the HPA controller rewrites its status every 15 s
-        # (current metrics, times); only a change of its conditions is news for the CR.
-        self.autoscalers: dict[tuple[str, str, str], AutoscalerState] = {}
 
     @property
     def kube(self) -> Kube:
@@ -75,16 +92,33 @@ class _State:
             self._kube = self.config.kube_factory()
         return self._kube
 
-    def gone(self, uid: str) -> asyncio.Event:
-        """Set when the CR with this uid is deleted: its resync loop ends at once (kopf does not stop
-        it, as there is no finalizer)."""
-        return self._gone.setdefault(uid, asyncio.Event())
-
-    def forget(self, uid: str) -> None:
-        self._gone.pop(uid, asyncio.Event()).set()
-
     def lock(self, namespace: str, name: str) -> asyncio.Lock:
         return self._locks.setdefault((namespace, name), asyncio.Lock())
+
+    def gone(self, uid: str) -> asyncio.Event:
+        return self._gone.setdefault(uid, asyncio.Event())
+
+    def wake(self, uid: str) -> asyncio.Event:
+        return self._wake.setdefault(uid, asyncio.Event())
+
+    def next_resync(self) -> float:
+        period = self.config.resync_seconds
+        return time.monotonic() + period * random.uniform(1 - RESYNC_JITTER, 1 + RESYNC_JITTER)  # noqa: S311
+
+    def schedule(self, uid: str, delay: float) -> None:
+        """Have the CR's daemon reconcile it within ``delay`` seconds (a retry, a re-check)."""
+        at = time.monotonic() + delay
+        if at < self.due.get(uid, float("inf")):
+            self.due[uid] = at
+            self.wake(uid).set()
+
+    def forget(self, namespace: str, name: str, uid: str) -> None:
+        self.cache.forget_cr(namespace, name)
+        self.failures.pop((namespace, name), None)
+        self._locks.pop((namespace, name), None)
+        self.due.pop(uid, None)
+        self._wake.pop(uid, None)
+        self._gone.pop(uid, asyncio.Event()).set()
 
     def close(self) -> None:
         if self._kube is not None:
@@ -92,7 +126,7 @@ class _State:
             self._kube = None
 
 
-def configure_settings(settings: kopf.OperatorSettings) -> None:
+def configure_settings(settings: kopf.OperatorSettings, *, read_nodes: bool = True) -> None:
     """Kopf settings the operator relies on (see the module docstring)."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -103,6 +137,11 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
     settings.execution.max_workers = 8
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    # Server-side selection: the API server sends only our children and only GPU nodes.
+    child_plurals = {KINDS[kind].plural for kind in WATCHED_CHILDREN}
+    settings.watching.label_selectors[lambda r: r.plural in child_plurals] = CHILD_SELECTOR
+    if read_nodes:
+        settings.watching.label_selectors[lambda r: r.group == "" and r.plural == "nodes"] = GPU_PRODUCT_LABEL
 
 
 async def _post(body: Mapping[str, Any], outcome: Outcome) -> None:
@@ -110,38 +149,53 @@ async def _post(body: Mapping[str, Any], outcome: Outcome) -> None:
         kopf.event(cast(kopf.Body, body), type=notice.type, reason=notice.reason, message=notice.message)
 
 
-async def _run(state: _State, body: Mapping[str, Any], logger: Any, retry: int = 0) -> Outcome | None:
-    """Reconcile the CR ``body`` names, as it is now: re-read under the CR's lock, so the status the
-    reconcile compares against includes the previous reconcile's write (no redundant status patch,
-    no lost lastTransitionTime). None when the CR is gone or was replaced (another uid)."""
-    meta = body.get("metadata") or {}
-    namespace, name = meta.get("namespace", ""), meta.get("name", "")
+def _node_labels(kwargs: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The GPU nodes' labels from the kopf index (absent with ``--no-node-lookup``)."""
+    index = kwargs.get("gpu_nodes")
+    return [labels for _, labels in index.get(None, [])] if index is not None else []
+
+
+async def _run(
+    state: _State, namespace: str, name: str, uid: str, logger: Any, nodes: list[dict[str, str]]
+) -> Outcome | None:
+    """Reconcile the CR as the cache holds it, under its lock (so the status it compares against
+    includes the previous reconcile's write). None when the CR is gone or was replaced (another
+    uid). A transient failure schedules a retry with backoff through the CR's daemon."""
+    key = (namespace, name)
     async with state.lock(namespace, name):
-        try:
-            fresh = await asyncio.to_thread(state.kube.get, CR_KIND, namespace, name)
-        except ApiError as e:
-            if e.transient:
-                raise kopf.TemporaryError(
-                    f"cannot read {api.KIND} {namespace}/{name}: {e}", delay=backoff(retry)
-                ) from e
-            raise
-        if fresh is None or fresh["metadata"].get("uid") != meta.get("uid"):
-            return None
-        key = (namespace, name)
-        # Consecutive transient failures of this CR, whichever trigger ran them (kopf's retry count
-        # covers only its own handler's retries, not the resync loop or child events).
-        failures = max(retry, state.failures.get(key, 0))
-        try:
-            outcome = await asyncio.to_thread(
-                reconcile, fresh, state.kube, logger, retry=failures, options=state.config.options
-            )
-        except kopf.TemporaryError as e:
-            state.failures[key] = failures + 1
-            if isinstance(e, RetryLater):
-                await _post(fresh, Outcome(result="retrying", notices=e.notices))
-            raise
-        state.failures.pop(key, None)
-    await _post(fresh, outcome)
+        outcome: Outcome | None = None
+        for _ in range(3):  # at most twice more, when the CR changed while it was reconciled
+            body = state.cache.cr(namespace, name)
+            if body is None or body["metadata"].get("uid") != uid:
+                return None
+            failures = state.failures.get(key, 0)  # consecutive, whichever trigger ran them
+            try:
+                outcome = await asyncio.to_thread(
+                    reconcile,
+                    body,
+                    state.kube,
+                    logger,
+                    retry=failures,
+                    options=state.config.options,
+                    cache=state.cache,
+                    nodes=nodes,
+                )
+            except kopf.TemporaryError as e:
+                state.failures[key] = failures + 1
+                state.schedule(uid, float(e.delay or 1.0))
+                logger.warning(
+                    f"Reconcile of {api.KIND} {namespace}/{name} failed ({e}); retrying in {e.delay}s."
+                )
+                if isinstance(e, RetryLater):
+                    await _post(body, Outcome(result="retrying", notices=e.notices))
+                return None
+            state.failures.pop(key, None)
+            await _post(body, outcome)
+            # A spec change that landed meanwhile may already sit in the cache, carried by our own
+            # status patch's response (its watch event is then no news): reconcile it now.
+            now = state.cache.cr(namespace, name)
+            if now is None or now["metadata"].get("generation") == body["metadata"].get("generation"):
+                break
     return outcome
 
 
@@ -152,24 +206,6 @@ def _owner(child: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return None
 
 
-def _child_event_matters(type: str | None, body: kopf.Body, **_: Any) -> bool:  # noqa: A002 (kopf's name)
-    return type == "DELETED" or (type == "MODIFIED" and body.get("kind") in STATUS_CHILDREN)
-
-
-def _autoscaler_news(state: _State, type: str | None, body: Mapping[str, Any]) -> bool:  # noqa: A002
-    """Whether an autoscaler's event changes what the CR reports (its conditions); remembers them."""
-    meta = body.get("metadata") or {}
-    key = (str(body.get("kind")), meta.get("namespace", ""), meta.get("name", ""))
-    if type == "DELETED":
-        state.autoscalers.pop(key, None)
-        return True
-    seen = AutoscalerState.of(body)
-    if state.autoscalers.get(key) == seen:
-        return False
-    state.autoscalers[key] = seen
-    return True
-
-
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig | None = None) -> kopf.OperatorRegistry:
     """Register every handler of the operator on ``registry`` (a fresh one per operator or test)."""
     config = config or OperatorConfig()
@@ -178,7 +214,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig | None = No
 
     @kopf.on.startup(registry=registry, id="configure")
     def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        configure_settings(settings)
+        configure_settings(settings, read_nodes=config.options.read_nodes)
         if config.tune is not None:
             config.tune(settings)
 
@@ -205,75 +241,85 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig | None = No
             trust_env=settings.networking.trust_env,
         )
 
-    @kopf.on.resume(*resource, registry=registry, id="reconcile", deleted=False)
-    @kopf.on.create(*resource, registry=registry, id="reconcile")
-    @kopf.on.update(*resource, registry=registry, id="reconcile")
-    async def on_change(body: kopf.Body, retry: int, logger: Any, **_: Any) -> None:
-        await _run(state, body, logger, retry)  # returns None: kopf stores nothing in status
-
-    async def resync(body: kopf.Body, stopped: kopf.DaemonStopped, logger: Any, **_: Any) -> None:
+    @kopf.on.event(*resource, registry=registry, id="reconcile")
+    async def on_cr(type: str | None, body: kopf.Body, logger: Any, **kw: Any) -> None:  # noqa: A002 (kopf's name)
         meta = body.get("metadata", {})
-        namespace, name = meta.get("namespace"), meta.get("name")
-        gone = state.gone(meta.get("uid", ""))
+        namespace, name, uid = meta.get("namespace", ""), meta.get("name", ""), meta.get("uid", "")
+        if type == "DELETED":
+            metrics.MANAGED_COUNTS.forget((namespace, name))
+            state.forget(namespace, name, uid)
+            return
+        if state.cache.observe_cr(body):  # not the echo of our own status patch
+            await _run(state, namespace, name, uid, logger, _node_labels(kw))
+
+    async def resync(body: kopf.Body, stopped: kopf.DaemonStopped, logger: Any, **kw: Any) -> None:
+        meta = body.get("metadata", {})
+        namespace, name, uid = meta.get("namespace", ""), meta.get("name", ""), meta.get("uid", "")
+        gone, wake = state.gone(uid), state.wake(uid)
+        state.due.setdefault(uid, state.next_resync())
         while not stopped and not gone.is_set():
+            wake.clear()
+            delay = max(0.0, state.due.get(uid, 0.0) - time.monotonic())
             waiters = [
-                asyncio.ensure_future(stopped.wait(config.resync_seconds)),
+                asyncio.ensure_future(stopped.wait(delay)),
                 asyncio.ensure_future(gone.wait()),
+                asyncio.ensure_future(wake.wait()),
             ]
             _done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             for waiter in pending:
                 waiter.cancel()
             if stopped or gone.is_set():
                 return
-            try:
-                if await _run(state, body, logger) is None:
-                    logger.debug(f"{api.KIND} {namespace}/{name} is gone; its resync stops.")
-                    return
-            except kopf.TemporaryError as e:
-                logger.warning(
-                    f"Resync of {api.KIND} {namespace}/{name} failed ({e}); retrying at the next one."
-                )
+            if time.monotonic() < state.due.get(uid, 0.0):
+                continue  # woken to re-plan (an earlier retry or re-check was scheduled)
+            state.due[uid] = state.next_resync()
+            if state.cache.cr(namespace, name) is not None:
+                await _run(state, namespace, name, uid, logger, _node_labels(kw))
 
     _daemon_without_finalizer(registry, resync, resource, id="resync")
 
-    async def on_child(type: str | None, body: kopf.Body, logger: Any, **_: Any) -> None:  # noqa: A002 (kopf's name)
+    async def on_child(type: str | None, body: kopf.Body, logger: Any, **kw: Any) -> None:  # noqa: A002 (kopf's name)
+        change = state.cache.observe_child(body, type)
         ref = _owner(body)
-        if ref is None:
+        if change is Change.NONE or ref is None:
             return
-        if body.get("kind") in AUTOSCALERS and not _autoscaler_news(state, type, body):
-            return
-        namespace = body.get("metadata", {}).get("namespace")
-        owner = {"metadata": {"namespace": namespace, "name": ref["name"], "uid": ref.get("uid")}}
-        logger.debug(
-            f"{type} {body.get('kind')} {namespace}/{body['metadata']['name']}: reconciling its owner"
-        )
-        try:
-            await _run(state, owner, logger)
-        except kopf.TemporaryError as e:  # event handlers are not retried; the resync loop will be
-            logger.warning(f"Reconcile after a child event failed ({e}); the resync loop retries.")
+        namespace = body.get("metadata", {}).get("namespace", "")
+        logger.debug(f"{type} {body.get('kind')} {namespace}/{body['metadata']['name']} ({change.value}): "
+                     "reconciling its owner")
+        await _run(state, namespace, ref["name"], str(ref.get("uid") or ""), logger, _node_labels(kw))
 
     for kind_name in WATCHED_CHILDREN:
         kind = KINDS[kind_name]
-        group, _, version = kind.api_version.rpartition("/")
         kopf.on.event(
-            group,
-            version,
-            kind.plural,
-            registry=registry,
-            id=f"child-{kind.plural}",
-            labels={"app.kubernetes.io/managed-by": labels.MANAGED_BY},
-            # ADDED comes from our own apply and None from the initial listing (on.resume covers
-            # it); of the changes, only those of children whose status feeds the CR's matter
-            # (Deployment readiness, the autoscaler's conditions).
-            when=_child_event_matters,
+            kind.group, kind.api_version.rpartition("/")[2], kind.plural,
+            registry=registry, id=f"child-{kind.plural}",
         )(on_child)
 
-    @kopf.on.event(*resource, registry=registry, id="forget", when=lambda type, **_: type == "DELETED")
-    async def on_cr_deleted(body: kopf.Body, **_: Any) -> None:
-        meta = body.get("metadata", {})
-        metrics.MANAGED_COUNTS.forget((meta.get("namespace", ""), meta.get("name", "")))
-        state.failures.pop((meta.get("namespace", ""), meta.get("name", "")), None)
-        state.forget(meta.get("uid", ""))
+    if config.options.read_nodes:
+        recheck: dict[str, asyncio.TimerHandle] = {}
+
+        @kopf.index("", "v1", "nodes", registry=registry, id="gpu_nodes")
+        def gpu_nodes(name: str, labels: Mapping[str, str], **_: Any) -> Any:
+            return {None: (name, dict(labels))}
+
+        seen: dict[str, dict[str, str]] = {}
+
+        @kopf.on.event("", "v1", "nodes", registry=registry, id="gpu-nodes-changed")
+        async def on_node(type: str | None, name: str, labels: Mapping[str, str], **_: Any) -> None:  # noqa: A002
+            # Nodes change often (conditions, heartbeats); only a change of their labels is news.
+            now = {} if type == "DELETED" else dict(labels)
+            before = seen.pop(name, None) if type == "DELETED" else seen.get(name)
+            if type != "DELETED":
+                seen[name] = now
+            if type is None or before == now or "pending" in recheck:
+                return  # the listing filled the index before any CR was planned
+            # GPU facts changed: every CR's plan may change. Once, after a burst of node events.
+            def due_now() -> None:
+                recheck.pop("pending", None)
+                for uid in list(state.due):
+                    state.schedule(uid, 0.0)
+
+            recheck["pending"] = asyncio.get_running_loop().call_later(NODE_RECHECK_DELAY, due_now)
 
     return registry
 
@@ -288,10 +334,10 @@ def _daemon_without_finalizer(
     """A per-CR kopf daemon that does not put a finalizer on the CR.
 
     Kopf marks every daemon and timer ``requires_finalizer=True`` so it can stop them before the
-    object goes. The resync loop does not need that: it re-reads the CR each tick and exits when the
-    CR is gone, while a finalizer would make deleting a CR depend on the operator running. (A kopf
-    timer would not do: without a finalizer kopf never stops it.) The e2e tests check that the CR
-    carries no finalizer.
+    object goes. The resync loop does not need that: it exits when the CR's DELETED event arrives,
+    while a finalizer would make deleting a CR depend on the operator running. (A kopf timer would
+    not do: without a finalizer kopf never stops it.) The e2e tests check that the CR carries no
+    finalizer.
     """
     kopf.daemon(*resource, registry=registry, id=id, cancellation_timeout=5.0)(fn)
     handlers = registry._spawning._handlers  # kopf offers no public switch for this

@@ -4,12 +4,17 @@ The rules it keeps:
 
 - Children are written with server-side apply (field manager ``autoglm-operator``, ``force``), so
   fields other managers own (the HPA's replica count, other controllers' annotations) stay theirs.
-- A child whose live ``autoglm.io/applied-hash`` annotation equals the hash of what would be applied,
-  and which still holds every field the operator sets, is left alone: a resync of an unchanged spec
-  makes no write at all (reads only), while a child edited behind the operator's back is re-applied.
+- Nothing is read from the API server: the CR, its children and the nodes come from what the
+  operator's watches delivered (:mod:`autoglm_operator.cache`). A child whose ``autoglm.io/applied-hash``
+  equals the hash of what would be applied, and whose content is the one last known in sync, is
+  left alone: a resync of an unchanged spec makes no API request at all, while a child edited
+  behind the operator's back (its watch event changes its fingerprint) is re-applied. The one read:
+  a child first seen in the listing after the operator starts is fetched once and compared in
+  full with what would be applied.
 - Children the spec no longer wants (HPA when autoscaling is off, PDB disabled, the Deployment when
-  the model does not fit) are deleted. Only objects owned by this CR (owner uid) are ever deleted;
-  cache PVCs are never pruned (weights are expensive to fetch again), they go with the CR.
+  the model does not fit) are deleted. Only objects owned by this CR (owner uid, from the cache's
+  owner index) are ever deleted; cache PVCs are never pruned (weights are expensive to fetch
+  again), they go with the CR.
 - An invalid spec writes only the CR's status (Degraded, naming the field) and never retries on its
   own: the next spec change, or the resync timer, looks again.
 - Transient API errors (connection, 409, 429, 5xx) raise ``kopf.TemporaryError`` with a backoff.
@@ -22,7 +27,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +35,8 @@ import kopf
 
 from autoglm_operator import api, autoscaling, labels, metrics
 from autoglm_operator import render as render_mod
-from autoglm_operator.kube import KINDS, ApiError, Kube, kind_of
+from autoglm_operator.cache import HASH_ANNOTATION, Cache, ChildRecord
+from autoglm_operator.kube import KINDS, ApiError, Kind, Kube, kind_of
 from autoglm_operator.memory.errors import MemoryFitError
 from autoglm_operator.status import (
     Notice,
@@ -41,7 +47,6 @@ from autoglm_operator.status import (
     transition_notices,
 )
 
-HASH_ANNOTATION = "autoglm.io/applied-hash"
 CR_KIND = KINDS[api.KIND]
 
 # Apply order: what the Deployment mounts or is scaled by exists before it, or right after.
@@ -146,15 +151,6 @@ def in_sync(live: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
     )
 
 
-def _ref(obj: Mapping[str, Any]) -> str:
-    meta = obj.get("metadata") or {}
-    return f"{meta.get('namespace')}/{meta.get('name')}"
-
-
-def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
-    return any(ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])
-
-
 def backoff(retry: int) -> float:
     """Seconds before retrying a transient failure: 1, 2, 4 … capped at 60."""
     return float(min(60, 2 ** min(retry, 6)))
@@ -173,13 +169,19 @@ def reconcile(
     *,
     retry: int = 0,
     options: Options | None = None,
+    cache: Cache | None = None,
+    nodes: Sequence[Mapping[str, str]] = (),
     clock: Callable[[], float] = time.monotonic,
 ) -> Outcome:
-    """Bring the children and status of the CR ``body`` in line with its spec (idempotent)."""
+    """Bring the children and status of the CR ``body`` in line with its spec (idempotent).
+
+    ``cache`` is what the watches delivered (the operator's); without one nothing is known, so
+    every child is applied. ``nodes``: the labels of the GPU nodes (GPU feature discovery)."""
     options = options or Options()
+    cache = cache if cache is not None else Cache()
     started = clock()
     try:
-        outcome = _reconcile(body, kube, logger, retry=retry, options=options)
+        outcome = _reconcile(body, kube, logger, retry=retry, options=options, cache=cache, nodes=nodes)
     except kopf.TemporaryError:
         metrics.RECONCILES.labels(result="retrying").inc()
         raise
@@ -198,6 +200,8 @@ def _reconcile(
     *,
     retry: int,
     options: Options,
+    cache: Cache,
+    nodes: Sequence[Mapping[str, str]],
 ) -> Outcome:
 
     meta = body.get("metadata") or {}
@@ -210,7 +214,7 @@ def _reconcile(
     # 1. Parse and render (pure). An invalid spec touches no child.
     try:
         spec = render_mod.parse_spec(body)
-        node_gpu = _node_gpu(kube, spec, logger) if options.read_nodes else None
+        node_gpu = _node_gpu(nodes, spec) if options.read_nodes else None
         plan = _plan(spec, node_gpu) if options.allow_network else None
         rendered = render_mod.render(
             body, node_gpu=node_gpu, plan=plan, prometheus_address=options.prometheus_address
@@ -220,12 +224,12 @@ def _reconcile(
         logger.warning(f"Invalid spec of {api.KIND} {namespace}/{name}: {text}")
         obs = Observation(generation=generation, spec_error=text)
         outcome = Outcome(result="invalid")
-        _write_status(kube, body, obs, previous_status, outcome, logger)
+        _write_status(kube, cache, body, obs, previous_status, outcome, logger)
         return outcome
 
     # 2. Apply what the spec wants, skipping children that already carry the same applied hash.
     outcome = Outcome(result="unchanged")
-    live: dict[tuple[str, str], dict[str, Any]] = {}
+    live: dict[tuple[str, str], Mapping[str, Any]] = {}  # (kind, name) → the child's status view
     warnings: list[str] = []
     apply_error: str | None = None
     wanted = sorted(
@@ -237,11 +241,12 @@ def _reconcile(
             obj_ns, obj_name = obj["metadata"].get("namespace", namespace), obj["metadata"]["name"]
             desired = with_hash(obj)
             try:
-                current = kube.get(kind, obj_ns, obj_name)
-                if current is not None and in_sync(current, desired):
-                    live[(kind.kind, obj_name)] = current
+                record = _current(cache, kube, kind, obj_ns, obj_name, desired)
+                if record is not None and _record_in_sync(record, desired):
+                    live[(kind.kind, obj_name)] = record.view or {}
                     continue
-                live[(kind.kind, obj_name)] = kube.apply(desired, field_manager=options.field_manager)
+                record = cache.record_applied(kube.apply(desired, field_manager=options.field_manager))
+                live[(kind.kind, obj_name)] = record.view or {}
             except ApiError as e:
                 if kind.kind in OPTIONAL_KINDS and e.status == 404:
                     warnings.append(f"{kind.kind} skipped: its CRD ({kind.api_version}) is not installed")
@@ -251,25 +256,18 @@ def _reconcile(
             outcome.writes.append(("apply", kind.kind, f"{obj_ns}/{obj_name}"))
             logger.info(f"Applied {kind.kind} {obj_ns}/{obj_name}")
 
-        # 3. Prune children this CR owns that the spec no longer wants.
+        # 3. Prune children this CR owns that the spec no longer wants (the cache's owner index).
         wanted_keys = {(o["kind"], o["metadata"]["name"]) for o in wanted}
-        selector = f"app.kubernetes.io/managed-by={labels.MANAGED_BY},app.kubernetes.io/instance={name}"
-        for kind_name in PRUNABLE:
-            kind = KINDS[kind_name]
-            try:
-                existing = kube.list(kind, namespace, label_selector=selector)
-            except ApiError as e:
-                if e.status == 404:  # kind not served (e.g. no ServiceMonitor CRD)
-                    continue
-                raise
-            for obj in existing:
-                obj_name = obj["metadata"]["name"]
-                if (kind_name, obj_name) in wanted_keys or not uid or not _owned_by(obj, uid):
-                    continue
-                if kube.delete(kind, namespace, obj_name, uid=obj["metadata"].get("uid")):
-                    metrics.API_WRITES.labels(verb="delete", kind=kind_name).inc()
-                    outcome.writes.append(("delete", kind_name, f"{namespace}/{obj_name}"))
-                    logger.info(f"Deleted {kind_name} {namespace}/{obj_name} (no longer wanted by the spec)")
+        for child in cache.owned(uid) if uid else []:
+            if child.kind not in PRUNABLE or (child.kind, child.name) in wanted_keys:
+                continue
+            if kube.delete(KINDS[child.kind], child.namespace, child.name, uid=child.uid):
+                metrics.API_WRITES.labels(verb="delete", kind=child.kind).inc()
+                outcome.writes.append(("delete", child.kind, f"{child.namespace}/{child.name}"))
+                logger.info(
+                    f"Deleted {child.kind} {child.namespace}/{child.name} (no longer wanted by the spec)"
+                )
+            cache.forget_child(child.kind, child.namespace, child.name)
     except ApiError as e:
         if e.transient:
             delay = backoff(retry)
@@ -282,7 +280,7 @@ def _reconcile(
             obs = _observation(
                 spec, rendered, live, wanted, body, apply_error=f"{e} (retrying)", warnings=warnings
             )
-            _write_status(kube, body, obs, previous_status, failing, logger)
+            _write_status(kube, cache, body, obs, previous_status, failing, logger)
             raise RetryLater(str(e), delay=delay, notices=failing.notices) from e
         apply_error = str(e)
         logger.error(f"API error the operator will not retry until the next spec change or resync: {e}")
@@ -296,8 +294,34 @@ def _reconcile(
         outcome.result = "memory_does_not_fit"
     elif outcome.writes:
         outcome.result = "applied"
-    _write_status(kube, body, obs, previous_status, outcome, logger)
+    _write_status(kube, cache, body, obs, previous_status, outcome, logger)
     return outcome
+
+
+def _current(
+    cache: Cache, kube: Kube, kind: Kind, namespace: str, name: str, desired: Mapping[str, Any]
+) -> ChildRecord | None:
+    """The cache's record of a child; one read, the first time after the operator started, when the
+    record came from the listing and was never compared in full with what the operator applies."""
+    record = cache.child(kind.kind, namespace, name)
+    if record is None or record.trusted is not None:
+        return record
+    current = kube.get(kind, namespace, name)
+    if current is None:
+        cache.forget_child(kind.kind, namespace, name)
+        return None
+    return cache.verify(record, current, in_sync(current, desired))
+
+
+def _record_in_sync(record: ChildRecord, desired: Mapping[str, Any]) -> bool:
+    """No apply needed: the child carries the applied hash of ``desired`` and nobody changed it since
+    it was last known to be in sync (nor its replica count, where the operator sets one)."""
+    if record.trusted is None or record.drifted:
+        return False
+    if record.applied_hash != desired["metadata"]["annotations"][HASH_ANNOTATION]:
+        return False
+    replicas = (desired.get("spec") or {}).get("replicas") if isinstance(desired.get("spec"), Mapping) else None
+    return replicas is None or record.replicas == replicas
 
 
 def _observation(
@@ -355,6 +379,7 @@ def _autoscaling_view(
 
 def _write_status(
     kube: Kube,
+    cache: Cache,
     body: Mapping[str, Any],
     obs: Observation,
     previous: Mapping[str, Any],
@@ -370,7 +395,7 @@ def _write_status(
     if patch is None:
         return
     try:
-        kube.patch(CR_KIND, namespace, name, {"status": patch}, subresource="status")
+        written = kube.patch(CR_KIND, namespace, name, {"status": patch}, subresource="status")
     except ApiError as e:
         if e.not_found:  # the CR is gone; nothing to report on
             return
@@ -378,6 +403,8 @@ def _write_status(
             raise kopf.TemporaryError(f"status update failed: {e}", delay=backoff(0)) from e
         raise
     metrics.API_WRITES.labels(verb="patch_status", kind=api.KIND).inc()
+    if written.get("metadata"):
+        cache.record_cr(written)  # the next reconcile compares against this status, not an older one
     outcome.status_written = True
     conds = ", ".join(f"{c['type']}={c['status']}" for c in new_status.get("conditions", []))
     logger.info(f"Updated status of {api.KIND} {namespace}/{name}: {conds}")
@@ -390,15 +417,15 @@ def _plan(spec: api.AutoGLMDeploymentSpec, node_gpu: Any) -> Any:
     return plan_memory(spec, node_gpu, allow_network=True)
 
 
-def _node_gpu(
-    kube: Kube, spec: api.AutoGLMDeploymentSpec, logger: logging.Logger | logging.LoggerAdapter[Any]
-) -> Any:
-    """GPU facts from the GPU-feature-discovery labels of the nodes the pods can land on, if readable.
+def _node_gpu(nodes: Sequence[Mapping[str, str]], spec: api.AutoGLMDeploymentSpec) -> Any:
+    """GPU facts from the GPU-feature-discovery labels of the nodes the pods can land on (``nodes``:
+    the labels of the GPU-labelled nodes, from the operator's watch).
 
     With ``resources.gpu.product``: a node with that product label. Without a product (and without
     an explicit memory): every GPU-labelled node matching ``scheduling.nodeSelector``, and of those
-    the GPU with the least memory (the pods may land on any of them). RBAC may forbid reading nodes:
-    the planner then uses its product table, or deploys an explicit quantization without a fit check.
+    the GPU with the least memory (the pods may land on any of them). Without access to nodes
+    (``--no-node-lookup``) the planner uses its product table, or deploys an explicit quantization
+    without a fit check.
     """
     gpu = spec.resources.gpu
     if gpu.memory or gpu.count == 0:
@@ -407,17 +434,13 @@ def _node_gpu(
     from autoglm_operator.render import gpu_product_label
 
     if gpu.product:
-        selector = f"{GPU_PRODUCT_LABEL}={gpu_product_label(gpu.product)}"
+        wanted = {GPU_PRODUCT_LABEL: gpu_product_label(gpu.product)}
     else:
-        terms = [GPU_PRODUCT_LABEL] + [f"{k}={v}" for k, v in sorted(spec.scheduling.node_selector.items())]
-        selector = ",".join(terms)
-    try:
-        nodes = kube.list(KINDS["Node"], None, label_selector=selector)
-    except ApiError as e:
-        logger.debug(f"Cannot read nodes ({e.status} {e.reason}); the planner uses its GPU table.")
-        return None
-    labelled = (gpu_from_node_labels((node.get("metadata") or {}).get("labels") or {}) for node in nodes)
-    found = [info for info in labelled if info is not None]
+        wanted = dict(spec.scheduling.node_selector)
+    candidates = [
+        node for node in nodes if GPU_PRODUCT_LABEL in node and all(node.get(k) == v for k, v in wanted.items())
+    ]
+    found = [info for info in map(gpu_from_node_labels, candidates) if info is not None]
     if not found:
         return None
     return found[0] if gpu.product else min(found, key=lambda info: info.memory_bytes)

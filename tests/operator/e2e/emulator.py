@@ -190,6 +190,8 @@ class ApiEmulator(kmock.KubernetesEmulator):
     writes_by_agent: collections.Counter[tuple[str, str, str]] = attrs.field(
         factory=collections.Counter, init=False
     )
+    # Reads (get, list, watch) the same way: a real API server pays for each, the emulator does not.
+    reads: collections.Counter[tuple[str, str, str]] = attrs.field(factory=collections.Counter, init=False)
     fail_next: dict[tuple[str, str], list[int]] = attrs.field(factory=dict, init=False)
     _versions: Any = attrs.field(factory=lambda: itertools.count(1000), init=False)
     _applied: dict[tuple[Any, str | None, str, str], dict[str, Any]] = attrs.field(factory=dict, init=False)
@@ -209,6 +211,15 @@ class ApiEmulator(kmock.KubernetesEmulator):
         return payload
 
     async def _serve_watch(self, request: kmock.Request) -> Any:
+        selector = request.params.get("labelSelector")
+        async for event in self._serve_watch_since(request):
+            if selector and isinstance(event, dict) and isinstance(event.get("object"), dict):
+                labels = (event["object"].get("metadata") or {}).get("labels") or {}
+                if not matches_selector(labels, selector):
+                    continue  # the API server sends only what the watch's selector matches
+            yield event
+
+    async def _serve_watch_since(self, request: kmock.Request) -> Any:
         # Like the API server, a watch from a resourceVersion does not replay objects unchanged
         # since then (kmock re-sends every object as ADDED). kopf resumes its watches from the last
         # version it saw after each disconnect (every ~70 s when idle); replaying thousands of
@@ -233,6 +244,11 @@ class ApiEmulator(kmock.KubernetesEmulator):
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         method = str(request.method.value if hasattr(request.method, "value") else request.method).upper()
+        if request.resource is not None and request.resource.plural and method == "GET":
+            watching = str(request.params.get("watch", "")).lower() in ("true", "1")
+            verb = "watch" if watching else ("get" if request.name else "list")
+            target = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
+            self.reads[(client_of(request.headers.get("User-Agent")), verb, target)] += 1
         if request.resource is None or method not in ("POST", "PATCH", "PUT", "DELETE"):
             return await super()._handle(request)
         content_type = (request.headers.get("Content-Type") or "").split(";")[0].strip()
@@ -476,6 +492,9 @@ class ApiEmulator(kmock.KubernetesEmulator):
             if res.plural == plural and not obj.deleted and (namespace is None or ns == namespace):
                 out.append(copy.deepcopy(obj.raw))
         return out
+
+    def reads_by(self, client: str) -> dict[tuple[str, str], int]:
+        return {(verb, target): n for (who, verb, target), n in self.reads.items() if who == client and n}
 
     def writes_by(self, client: str) -> dict[tuple[str, str], int]:
         return {(verb, target): n for (who, verb, target), n in self.writes.items() if who == client and n}

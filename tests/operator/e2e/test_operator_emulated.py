@@ -36,12 +36,14 @@ async def test_create_becomes_ready_with_owned_children(harness: Harness) -> Non
         ("apply", "poddisruptionbudgets"): 1,
     }, writes
     assert writes[("patch", "autoglmdeployments/status")] == 2, writes  # Progressing, then Ready
-    # Kopf writes only its annotations on the CR itself (never spec, never status).
+    # Kopf writes nothing on the CR (no change-detection handlers: no annotations, never the spec).
     cr_writes = {k: n for k, n in harness.kopf_writes().items() if k[1].startswith("autoglmdeployments")}
-    assert set(cr_writes) <= {("patch", "autoglmdeployments")}, cr_writes
+    assert cr_writes == {}, cr_writes
     cr = await harness.get(api.KIND, "chat")
-    assert any(k.startswith("autoglm.io/") for k in cr["metadata"].get("annotations", {}))
+    assert not any(k.startswith("autoglm.io/") for k in cr["metadata"].get("annotations", {}))
     assert cr["metadata"]["generation"] == 1, "nobody may write the spec"
+    # And the operator's own client read nothing: the CR and its children come from the watches.
+    assert harness.emulator.reads_by("operator") == {}
 
 
 async def test_resync_without_change_writes_nothing(harness: Harness) -> None:
@@ -49,6 +51,7 @@ async def test_resync_without_change_writes_nothing(harness: Harness) -> None:
     await scenarios.create_becomes_ready(harness)
     await harness.settle(0.5)
     before_writes = dict(harness.emulator.writes)
+    before_reads = dict(harness.emulator.reads)
     before_versions = {
         k: o["metadata"]["resourceVersion"] for k, o in (await harness.children("chat")).items()
     }
@@ -62,6 +65,11 @@ async def test_resync_without_change_writes_nothing(harness: Harness) -> None:
     new_writes = {k: n - before_writes.get(k, 0) for k, n in harness.emulator.writes.items()}
     new_writes = {k: n for k, n in new_writes.items() if n and k[0] != "test"}
     assert new_writes == {}, f"a resync with no spec change wrote: {new_writes}"
+    # ... and read nothing either: no GET, no LIST (a real API server pays for each), by anyone but
+    # the test itself. Kopf's watches stay open.
+    new_reads = {k: n - before_reads.get(k, 0) for k, n in harness.emulator.reads.items()}
+    new_reads = {k: n for k, n in new_reads.items() if n and k[0] != "test"}
+    assert new_reads == {}, f"an idle resync read: {new_reads}"
     after_versions = {
         k: o["metadata"]["resourceVersion"] for k, o in (await harness.children("chat")).items()
     }

@@ -129,8 +129,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ops.add_argument(
         "--resync-seconds",
         type=_positive,
-        default=_env("RESYNC_SECONDS", "60"),
-        help="re-check every CR this often (drift repair backstop; read-only when nothing changed)",
+        default=_env("RESYNC_SECONDS", "600"),
+        help="re-check every CR about this often, ±10%% jitter: a backstop, as the watches report drift; "
+        "no API request when nothing changed (default: %(default)s)",
     )
     behaviour = p.add_argument_group("behaviour")
     behaviour.add_argument(
