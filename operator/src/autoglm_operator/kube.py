@@ -23,7 +23,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from autoglm_operator import api
+from autoglm_operator import api, metrics
 
 FIELD_MANAGER = "autoglm-operator"
 USER_AGENT = "autoglm-operator"
@@ -160,7 +160,9 @@ class Kube:
     def get(self, kind: Kind, namespace: str | None, name: str) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""
         try:
-            return self._call("GET", kind.path(namespace, name), what=f"{kind.kind} {namespace}/{name}")
+            return self._call(
+                "GET", kind.path(namespace, name), what=f"{kind.kind} {namespace}/{name}", resource=kind.plural
+            )
         except ApiError as e:
             if e.not_found:
                 return None
@@ -171,7 +173,9 @@ class Kube:
     ) -> list[dict[str, Any]]:
         query = [("labelSelector", label_selector)] if label_selector else []
         result = self._call(
-            "GET", kind.path(namespace), query=query, what=f"{kind.plural} in {namespace or '*'}"
+            "GET", kind.path(namespace), query=query, what=f"{kind.plural} in {namespace or '*'}",
+            resource=kind.plural,
+            listing=True,
         )
         items = result.get("items") or []
         for item in items:  # list items carry no apiVersion/kind; callers like whole objects
@@ -182,7 +186,9 @@ class Kube:
     def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         kind = kind_of(obj)
         namespace = obj.get("metadata", {}).get("namespace")
-        return self._call("POST", kind.path(namespace), body=dict(obj), what=f"{kind.kind} {namespace}")
+        return self._call(
+            "POST", kind.path(namespace), body=dict(obj), what=f"{kind.kind} {namespace}", resource=kind.plural
+        )
 
     def apply(
         self, obj: Mapping[str, Any], *, field_manager: str = FIELD_MANAGER, force: bool = True
@@ -198,6 +204,7 @@ class Kube:
             query=query,
             content_type=APPLY,
             what=f"{kind.kind} {meta.get('namespace')}/{meta['name']}",
+            resource=kind.plural,
         )
 
     def patch(
@@ -216,6 +223,7 @@ class Kube:
             body=dict(patch),
             content_type=MERGE,
             what=f"{kind.kind} {namespace}/{name}" + (f"/{subresource}" if subresource else ""),
+            resource=kind.plural + (f"/{subresource}" if subresource else ""),
         )
 
     def delete(self, kind: Kind, namespace: str | None, name: str, *, uid: str | None = None) -> bool:
@@ -232,7 +240,11 @@ class Kube:
             body["preconditions"] = {"uid": uid}
         try:
             self._call(
-                "DELETE", kind.path(namespace, name), body=body, what=f"{kind.kind} {namespace}/{name}"
+                "DELETE",
+                kind.path(namespace, name),
+                body=body,
+                what=f"{kind.kind} {namespace}/{name}",
+                resource=kind.plural,
             )
         except ApiError as e:
             if e.not_found:
@@ -251,8 +263,11 @@ class Kube:
         query: Query | None = None,
         content_type: str = "application/json",
         what: str = "",
+        resource: str = "",
+        listing: bool = False,
     ) -> dict[str, Any]:
         verb = {"GET": "get", "POST": "create", "PATCH": "patch", "DELETE": "delete"}.get(method, method)
+        metrics.API_REQUESTS.labels(verb="LIST" if listing else method, resource=resource).inc()
         headers = {"Accept": "application/json", "Content-Type": content_type}
         try:
             request = self._client.param_serialize(

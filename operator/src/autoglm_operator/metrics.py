@@ -33,6 +33,13 @@ API_WRITES = Counter(
     ["verb", "kind"],
 )
 
+API_REQUESTS = Counter(
+    "autoglm_operator_api_requests_total",
+    "Every request the operator's own client sent to the API server (kopf's watches aside), by verb "
+    "(GET, LIST, PATCH, POST, DELETE) and resource: an idle resync adds none.",
+    ["verb", "resource"],
+)
+
 for _result in RESULTS:  # export zeros so rate() works from the first scrape
     RECONCILES.labels(result=_result)
 

@@ -1,0 +1,247 @@
+"""The operator against a real API server: bursts, a new CR at steady state, idle requests, memory.
+
+``python -m benchmarks.operator_cluster_bench --kubeconfig admin.kubeconfig --bursts 100 1000``
+
+The operator runs as its own process (``autoglm-operator run --standalone --all-namespaces``) with
+the given kubeconfig; CRs like the scenario suite's (GLM-4-9B int8 on an L4, autoscaling 2–3) are
+created by 8 client threads at once. What the API server pays is read from its own counters
+(``apiserver_request_total`` on ``/metrics``, so the kubeconfig needs rights to read it), restricted
+to the resources the operator touches and without the subresources the controllers write
+(``deployments/status``, ``horizontalpodautoscalers/status``, ``deployments/scale``); the operator's
+own client counts its requests too (``autoglm_operator_api_requests_total``). Measured:
+
+- each burst: seconds until every CR has ``observedGeneration == generation`` and a Deployment;
+  T(big)/T(small) (linear = big/small);
+- at steady state: a new CR → its Deployment, several tries (p50/max);
+- an idle interval of several resync periods: API requests by verb and resource, per CR per resync;
+- operator RSS idle (before the bursts) and after, and through the idle interval.
+
+The machine is shared: the API server, etcd, the controller manager, the operator and this client
+all run on it. Times bound the operator's behaviour here, they are not a cluster's capacity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import copy
+import json
+import os
+import re
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from autoglm_operator import api  # noqa: E402
+from autoglm_operator.kube import KINDS, ApiError, Kube  # noqa: E402
+from benchmarks.loadgen import percentile  # noqa: E402
+from benchmarks.servers import RunningServer, ServerSpec, free_port  # noqa: E402
+from tests.operator.e2e.scenarios import SPEC  # noqa: E402
+
+MIB = 2**20
+CR = KINDS[api.KIND]
+# What the operator reads or writes; the controllers' own subresource writes are not its cost.
+RESOURCES = {
+    "autoglmdeployments",
+    "deployments",
+    "services",
+    "configmaps",
+    "horizontalpodautoscalers",
+    "poddisruptionbudgets",
+    "persistentvolumeclaims",
+    "nodes",
+    "scaledobjects",
+    "servicemonitors",
+}  # not events: the HPA controller posts two Warnings per HPA every 15 s without a metrics API
+_SAMPLE = re.compile(r'^apiserver_request_total\{([^}]*)\} ([0-9.e+]+)$')
+
+
+def request_counts(kube: Kube) -> Counter[tuple[str, str]]:
+    """(verb, resource[/subresource]) → requests the API server has served, for our resources."""
+    raw = kube._client.call_api(  # noqa: SLF001 - the raw /metrics text, not JSON
+        *kube._client.param_serialize("GET", "/metrics", auth_settings=["BearerToken"]),
+        _request_timeout=30,
+    ).read().decode()
+    out: Counter[tuple[str, str]] = Counter()
+    for line in raw.splitlines():
+        m = _SAMPLE.match(line)
+        if not m:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        resource, sub = labels.get("resource", ""), labels.get("subresource", "")
+        if resource not in RESOURCES or (sub and not (resource == "autoglmdeployments" and sub == "status")):
+            continue
+        out[(labels.get("verb", ""), resource + (f"/{sub}" if sub else ""))] += int(float(m.group(2)))
+    return out
+
+
+def delta(after: Counter[tuple[str, str]], before: Counter[tuple[str, str]]) -> dict[str, int]:
+    return {f"{v} {r}": n - before.get((v, r), 0) for (v, r), n in after.items() if n - before.get((v, r), 0)}
+
+
+def own_requests(base_url: str) -> dict[str, float]:
+    """The operator's own count of its client's requests (autoglm_operator_api_requests_total)."""
+    import httpx
+
+    text = httpx.get(base_url + "/metrics", timeout=10).text
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("autoglm_operator_api_requests_total{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            out[f"{labels['verb']} {labels['resource']}"] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def settle(kube: Kube, quiet_s: float = 15.0, timeout: float = 300.0) -> float:
+    """Wait until the API server served no write of ours for ``quiet_s`` (rollouts and first HPA
+    evaluations after a burst change the CRs' status for a while)."""
+    t0 = time.monotonic()
+    before = request_counts(kube)
+    while time.monotonic() - t0 < timeout:
+        time.sleep(quiet_s)
+        now = request_counts(kube)
+        if not any(k.split(" ")[0] in ("PATCH", "POST", "PUT", "DELETE", "APPLY") for k in delta(now, before)):
+            return time.monotonic() - t0
+        before = now
+    return time.monotonic() - t0
+
+
+def cr_body(name: str, namespace: str) -> dict[str, Any]:
+    return {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name, "namespace": namespace},
+            "spec": copy.deepcopy(SPEC)}  # fmt: skip
+
+
+def ensure_namespace(kube: Kube, name: str) -> None:
+    try:
+        kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    except ApiError as e:
+        if e.status != 409:
+            raise
+
+
+def all_done(kube: Kube, namespace: str, n: int) -> bool:
+    crs = kube.list(CR, namespace)
+    deployments = {d["metadata"]["name"] for d in kube.list(KINDS["Deployment"], namespace)}
+    done = sum(
+        1
+        for c in crs
+        if (c.get("status") or {}).get("observedGeneration") == c["metadata"].get("generation")
+        and c["metadata"]["name"] in deployments
+    )
+    return done >= n
+
+
+def burst(kube: Kube, namespace: str, n: int, threads: int = 8, poll: float = 1.0, timeout: float = 1800) -> float:
+    ensure_namespace(kube, namespace)
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda i: kube.create(cr_body(f"b{i}", namespace)), range(n)))
+    while time.monotonic() - started < timeout:
+        if all_done(kube, namespace, n):
+            return time.monotonic() - started
+        time.sleep(poll)
+    raise TimeoutError(f"{n} CRs in {namespace} not done after {timeout} s")
+
+
+def new_cr_latency(kube: Kube, namespace: str, tries: int) -> list[float]:
+    out = []
+    for _ in range(tries):
+        name = f"probe-{uuid.uuid4().hex[:6]}"
+        t0 = time.monotonic()
+        kube.create(cr_body(name, namespace))
+        while kube.get(KINDS["Deployment"], namespace, name) is None:
+            time.sleep(0.1)
+            if time.monotonic() - t0 > 600:
+                raise TimeoutError(name)
+        out.append(time.monotonic() - t0)
+        time.sleep(1.0)
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    p.add_argument("--kubeconfig", required=True, help="a real API server (rights to create CRs and read /metrics)")
+    p.add_argument("--bursts", type=int, nargs="+", default=[100, 1000])
+    p.add_argument("--probes", type=int, default=5, help="new CRs timed one at a time at steady state")
+    p.add_argument("--resync-seconds", type=float, default=60.0, help="the operator's resync period in this run")
+    p.add_argument("--idle-periods", type=float, default=3.0, help="resync periods in the idle interval")
+    p.add_argument("--out", type=Path, default=Path("bench-results/operator-cluster.json"))
+    p.add_argument("--prefix", default=f"bench-{uuid.uuid4().hex[:4]}", help="namespace prefix")
+    args = p.parse_args()
+    os.environ["KUBECONFIG"] = args.kubeconfig
+    from kubernetes.config import new_client_from_config  # noqa: F401 - the client reads KUBECONFIG
+
+    from autoglm_operator.kube import load_configuration
+
+    kube = Kube(load_configuration(), user_agent="autoglm-bench")
+    bin_dir = Path(sys.executable).parent
+    port = free_port()
+    argv = [str(bin_dir / "autoglm-operator"), "run", "--standalone", "-A", "--liveness-port", "0",
+            "--metrics-port", str(port), "--log-format", "text", "--resync-seconds", str(args.resync_seconds)]  # fmt: skip
+    log_dir = args.out.parent / "logs"
+    op = RunningServer(ServerSpec("operator (real API server)", argv, port, "/metrics", backend="none",
+                                  env={"KUBECONFIG": args.kubeconfig}), log_dir)  # fmt: skip
+    result: dict[str, Any] = {"command": "python -m benchmarks.operator_cluster_bench " + " ".join(sys.argv[1:])}
+    try:
+        op.wait_ready(120)
+        version = kube._call("GET", "/version")  # noqa: SLF001
+        result["server"] = version.get("gitVersion")
+        time.sleep(5)
+        result["rss_idle_mib"] = op.rss_bytes() / MIB
+        bursts = {}
+        for n in args.bursts:
+            before = request_counts(kube)
+            seconds = burst(kube, f"{args.prefix}-{n}", n)
+            bursts[str(n)] = {"crs": n, "seconds": seconds, "cr_per_s": n / seconds,
+                              "requests": delta(request_counts(kube), before),
+                              "rss_mib_after": op.rss_bytes() / MIB}  # fmt: skip
+            print(f"burst {n}: {seconds:.1f} s ({n / seconds:.1f} CR/s), RSS {op.rss_bytes() / MIB:.0f} MiB", flush=True)
+        result["bursts"] = bursts
+        total = sum(args.bursts)
+        # Steady state: the bursts' rollouts and first HPA evaluations settle, then measure idle.
+        result["settle_s"] = settle(kube)
+        before = request_counts(kube)
+        own_before = own_requests(op.spec.base_url)
+        rss = []
+        idle_s = args.idle_periods * args.resync_seconds
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < idle_s:
+            rss.append(op.rss_bytes() / MIB)
+            time.sleep(min(10.0, idle_s / 10))
+        idle = delta(request_counts(kube), before)
+        own = {k: v - own_before.get(k, 0) for k, v in own_requests(op.spec.base_url).items()}
+        own = {k: v for k, v in own.items() if v}
+        per_resync = {k: n for k, n in idle.items() if not k.startswith("WATCH")}  # watches are streams
+        result["idle"] = {"seconds": idle_s, "crs": total, "requests": idle, "operator_client": own,
+                          "requests_per_cr_per_resync": sum(per_resync.values()) / (total * args.idle_periods),
+                          "rss_mib": rss}  # fmt: skip
+        print(f"idle {idle_s:.0f} s ({args.idle_periods:g} resyncs) at {total} CRs: API server requests "
+              f"{idle or 'none'}; the operator's client: {own or 'none'}; per CR per resync "
+              f"{result['idle']['requests_per_cr_per_resync']:.3f}", flush=True)  # fmt: skip
+        lat = new_cr_latency(kube, f"{args.prefix}-{args.bursts[-1]}", args.probes)
+        result["new_cr_seconds"] = {"all": lat, "p50": percentile(lat, 50), "max": max(lat)}
+        print(f"new CR at {total} CRs -> Deployment: p50 {percentile(lat, 50):.2f} s, max {max(lat):.2f} s", flush=True)
+        result["rss_end_mib"] = op.rss_bytes() / MIB
+        small, big = min(args.bursts), max(args.bursts)
+        if small != big:
+            ratio = bursts[str(big)]["seconds"] / bursts[str(small)]["seconds"]
+            result["burst_ratio"] = ratio
+            print(f"T{big}/T{small} = {ratio:.1f} (linear {big / small:g})", flush=True)
+        print(f"operator RSS: idle {result['rss_idle_mib']:.0f} MiB, max {max(rss):.0f} MiB, "
+              f"end {result['rss_end_mib']:.0f} MiB", flush=True)  # fmt: skip
+    finally:
+        op.stop()
+        kube.close()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
