@@ -17,7 +17,9 @@ cost is part of every time measured; a real API server (etcd, admission, watch c
 differently. The numbers compare versions of this operator and bound its overhead; they are not a
 cluster's capacity.
 
-``python -m benchmarks.operator_bench --out bench-results/operator.json --soak-seconds 120``
+``python -m benchmarks.operator_bench --out bench-results/operator.json --soak-seconds 120``;
+with ``--kubeconfig FILE`` the bursts, idle requests, latency probe and memory are measured against
+that real API server instead (:mod:`benchmarks.operator_cluster_bench`).
 """
 
 from __future__ import annotations
@@ -521,6 +523,10 @@ def _targets(result: dict[str, Any], bursts: list[int]) -> list[dict[str, Any]]:
 
 
 def main() -> int:
+    if "--kubeconfig" in sys.argv:  # the same measurements against a real API server
+        from benchmarks import operator_cluster_bench
+
+        return operator_cluster_bench.main()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     p.add_argument("--out", type=Path, default=Path("bench-results/operator.json"))
     p.add_argument("--bursts", type=int, nargs="+", default=[100, 1000])

@@ -28,6 +28,7 @@ import copy
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 import uuid
@@ -171,6 +172,14 @@ def main() -> int:
     p.add_argument("--probes", type=int, default=5, help="new CRs timed one at a time at steady state")
     p.add_argument("--resync-seconds", type=float, default=60.0, help="the operator's resync period in this run")
     p.add_argument("--idle-periods", type=float, default=3.0, help="resync periods in the idle interval")
+    p.add_argument(
+        "--outage",
+        nargs=2,
+        metavar=("STOP_CMD", "START_CMD"),
+        help="shell commands that stop and start the API server: after the idle interval it is down for "
+        "--outage-seconds, then a new CR is timed to its Deployment",
+    )
+    p.add_argument("--outage-seconds", type=float, default=45.0)
     p.add_argument("--out", type=Path, default=Path("bench-results/operator-cluster.json"))
     p.add_argument("--prefix", default=f"bench-{uuid.uuid4().hex[:4]}", help="namespace prefix")
     args = p.parse_args()
@@ -227,6 +236,16 @@ def main() -> int:
         lat = new_cr_latency(kube, f"{args.prefix}-{args.bursts[-1]}", args.probes)
         result["new_cr_seconds"] = {"all": lat, "p50": percentile(lat, 50), "max": max(lat)}
         print(f"new CR at {total} CRs -> Deployment: p50 {percentile(lat, 50):.2f} s, max {max(lat):.2f} s", flush=True)
+        if args.outage:
+            subprocess.run(args.outage[0], shell=True, check=True)  # noqa: S602 - the user's own command
+            time.sleep(args.outage_seconds)
+            subprocess.run(args.outage[1], shell=True, check=True)  # noqa: S602
+            back = time.monotonic()
+            after = new_cr_latency(kube, f"{args.prefix}-{args.bursts[-1]}", 3)
+            result["after_outage"] = {"outage_s": args.outage_seconds, "new_cr_seconds": after,
+                                      "since_server_back_s": time.monotonic() - back}  # fmt: skip
+            print(f"API server down {args.outage_seconds:g} s, back: new CR -> Deployment "
+                  f"{', '.join(f'{x:.2f}' for x in after)} s", flush=True)  # fmt: skip
         result["rss_end_mib"] = op.rss_bytes() / MIB
         small, big = min(args.bursts), max(args.bursts)
         if small != big:

@@ -192,6 +192,7 @@ class ApiEmulator(kmock.KubernetesEmulator):
     )
     # Reads (get, list, watch) the same way: a real API server pays for each, the emulator does not.
     reads: collections.Counter[tuple[str, str, str]] = attrs.field(factory=collections.Counter, init=False)
+    selectors: dict[str, set[str]] = attrs.field(factory=dict, init=False)  # label selectors of the operator's lists/watches
     fail_next: dict[tuple[str, str], list[int]] = attrs.field(factory=dict, init=False)
     _versions: Any = attrs.field(factory=lambda: itertools.count(1000), init=False)
     _applied: dict[tuple[Any, str | None, str, str], dict[str, Any]] = attrs.field(factory=dict, init=False)
@@ -249,6 +250,8 @@ class ApiEmulator(kmock.KubernetesEmulator):
             verb = "watch" if watching else ("get" if request.name else "list")
             target = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
             self.reads[(client_of(request.headers.get("User-Agent")), verb, target)] += 1
+            if verb in ("watch", "list") and client_of(request.headers.get("User-Agent")) != "test":
+                self.selectors.setdefault(target, set()).add(request.params.get("labelSelector") or "")
         if request.resource is None or method not in ("POST", "PATCH", "PUT", "DELETE"):
             return await super()._handle(request)
         content_type = (request.headers.get("Content-Type") or "").split(";")[0].strip()

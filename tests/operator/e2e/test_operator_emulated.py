@@ -265,3 +265,16 @@ async def test_keda_not_installed_says_so(harness: Harness) -> None:
     degraded = await harness.wait_condition("keda", "Degraded", "False", "AsExpectedWithWarnings")
     assert "ScaledObject" in degraded["message"]
     assert await harness.get("HorizontalPodAutoscaler", "keda") is None
+
+
+async def test_watches_select_server_side(harness: Harness) -> None:
+    """The API server sends only our children and only GPU nodes: kopf's watches carry the label
+    selectors (a client-side filter would have the operator receive, and kopf track, every
+    Deployment, ConfigMap and Service of the cluster)."""
+    await harness.start_operator()
+    await scenarios.create_becomes_ready(harness)
+    selectors = harness.emulator.selectors
+    for plural in ("deployments", "services", "configmaps", "horizontalpodautoscalers", "poddisruptionbudgets"):
+        assert selectors.get(plural) == {"app.kubernetes.io/managed-by=autoglm-operator"}, (plural, selectors)
+    assert selectors.get("nodes") == {"nvidia.com/gpu.product"}, selectors
+    assert selectors.get(api.PLURAL) == {""}
