@@ -207,6 +207,7 @@ def _c(type_: str, status: str, reason: str = "R", message: str = "") -> dict[st
     [
         ("hpa", "inflight-requests", None, {}, ("Unknown", "Pending", "does not exist")),
         ("hpa", "inflight-requests", [], {}, ("Unknown", "Pending", "HPA controller")),
+        ("hpa", "inflight-requests", [_c("AbleToScale", "True")], {}, ("Unknown", "Pending", "read the metric")),
         (
             "hpa", "inflight-requests",
             [_c("AbleToScale", "True"), _c("ScalingActive", "False", "FailedGetPodsMetric", "no custom metrics API")],

@@ -195,12 +195,13 @@ def condition(view: AutoscalingView) -> dict[str, str]:
         return cond(UNKNOWN, "Pending", "The HorizontalPodAutoscaler does not exist yet.")
     able = view.state.get("AbleToScale")
     active = view.state.get("ScalingActive")
-    if able is None and active is None:
-        return cond(UNKNOWN, "Pending", "Waiting for the HPA controller to evaluate the HorizontalPodAutoscaler.")
     if able is not None and able[0] == FALSE:
         return cond(FALSE, able[1] or "NotAbleToScale", f"HPA: {able[2]}".strip())
     if active is not None and active[0] == FALSE:
         return cond(FALSE, active[1] or "ScalingInactive", f"HPA: {active[2]} {hint}".strip())
+    if active is None or active[0] != TRUE:
+        # Seen on a real server: the first status carries AbleToScale alone, before any metric was read.
+        return cond(UNKNOWN, "Pending", "Waiting for the HPA controller to read the metric.")
     limited = view.state.get("ScalingLimited")
     detail = f" ({limited[2]})" if limited and limited[0] == TRUE and limited[2] else ""
     return cond(TRUE, "ScalingActive", f"The HPA reads its metric and scales{detail}.")
