@@ -40,7 +40,7 @@ from typing import Any, cast
 import kopf
 from kubernetes.config.config_exception import ConfigException
 
-from autoglm_operator import api, labels, metrics
+from autoglm_operator import api, labels, malloc, metrics
 from autoglm_operator.cache import Cache, Change
 from autoglm_operator.kube import KINDS, Kube, bearer_token, load_configuration
 from autoglm_operator.reconcile import GPU_PRODUCT_LABEL, Options, Outcome, RetryLater, reconcile
@@ -60,6 +60,7 @@ WATCHED_CHILDREN = (
 CHILD_SELECTOR = f"app.kubernetes.io/managed-by={labels.MANAGED_BY}"
 RESYNC_JITTER = 0.1  # ± fraction of the resync period
 NODE_RECHECK_DELAY = 1.0  # seconds: a burst of node events (the listing) re-checks the CRs once
+TRIM_SECONDS = 60.0  # how often freed memory goes back to the kernel (malloc.trim)
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,13 @@ async def _run(
     return outcome
 
 
+async def _trim_forever() -> None:
+    """Hand the memory freed after a burst back to the kernel, once a minute (a few ms)."""
+    while True:
+        await asyncio.sleep(TRIM_SECONDS)
+        await asyncio.to_thread(malloc.trim)
+
+
 def _owner(child: Mapping[str, Any]) -> Mapping[str, Any] | None:
     for ref in (child.get("metadata") or {}).get("ownerReferences") or []:
         if ref.get("kind") == api.KIND and str(ref.get("apiVersion", "")).startswith(f"{api.GROUP}/"):
@@ -212,14 +220,19 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig | None = No
     state = _State(config)
     resource = (api.GROUP, api.VERSION, api.PLURAL)
 
+    background: list[asyncio.Task[None]] = []
+
     @kopf.on.startup(registry=registry, id="configure")
-    def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_settings(settings, read_nodes=config.options.read_nodes)
         if config.tune is not None:
             config.tune(settings)
+        background.append(asyncio.create_task(_trim_forever(), name="malloc trim"))
 
     @kopf.on.cleanup(registry=registry, id="close-client")
-    def _cleanup(**_: Any) -> None:
+    async def _cleanup(**_: Any) -> None:
+        for task in background:
+            task.cancel()
         state.close()
 
     @kopf.on.login(registry=registry, id="login")

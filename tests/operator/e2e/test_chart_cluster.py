@@ -226,6 +226,21 @@ def test_every_example_reaches_progressing(chart: dict[str, Any], kube: Kube, tm
                 90,
             )
             assert kube.get(KINDS["Deployment"], namespace, name) is not None, (file, cond)
+        # No metrics API on this server: every autoscaled example says its autoscaler cannot scale,
+        # naming the fix, within a minute (the real HPA controller reports it by itself).
+        for file, namespace, name in names:
+            cr = kube.get(CR, namespace, name)
+            if not (cr and (cr["spec"].get("autoscaling") or {}).get("enabled", True) and cr["spec"].get("autoscaling")):
+                continue
+            cond = _wait(
+                lambda n=namespace, m=name: (
+                    (c := _condition(kube, n, m, "Autoscaling")) and c["status"] == "False" and c
+                ),
+                f"Autoscaling=False on {file}",
+                60,
+            )
+            assert "metrics" in cond["message"], (file, cond)
+            print(f"{file}: Autoscaling=False {cond['reason']}")
     except BaseException:
         print(replica.tail())
         raise

@@ -248,6 +248,9 @@ def run(args: argparse.Namespace, hooks: Hooks | None = None) -> int:
 
     hooks = hooks or Hooks()
     if hooks.configure_logging:
+        from autoglm_operator import malloc
+
+        malloc.limit_arenas()  # a process of its own (not a test's thread): before any thread starts
         configure_logging(args.log_format, args.verbose)
     _, kwargs = build(args, hooks)
     metrics.serve(args.metrics_port)
