@@ -99,7 +99,7 @@ def own_requests(base_url: str) -> dict[str, float]:
     return out
 
 
-def settle(kube: Kube, quiet_s: float = 15.0, timeout: float = 300.0) -> float:
+def settle(kube: Kube, quiet_s: float = 30.0, timeout: float = 600.0) -> float:
     """Wait until the API server served no write of ours for ``quiet_s`` (rollouts and first HPA
     evaluations after a burst change the CRs' status for a while)."""
     t0 = time.monotonic()

@@ -31,9 +31,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import random
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -60,6 +62,8 @@ WATCHED_CHILDREN = (
 CHILD_SELECTOR = f"app.kubernetes.io/managed-by={labels.MANAGED_BY}"
 RESYNC_JITTER = 0.1  # ± fraction of the resync period
 NODE_RECHECK_DELAY = 1.0  # seconds: a burst of node events (the listing) re-checks the CRs once
+FRESH_THREADS = 4  # reconciles of created/changed CRs, deleted or drifted children
+BACKGROUND_THREADS = 2  # reconciles that follow a child's status, resyncs, retries
 TRIM_SECONDS = 60.0  # how often freed memory goes back to the kernel (malloc.trim)
 
 
@@ -86,6 +90,13 @@ class _State:
         self.due: dict[str, float] = {}  # uid → when its daemon reconciles next (monotonic)
         self._wake: dict[str, asyncio.Event] = {}
         self._gone: dict[str, asyncio.Event] = {}
+        # Coalescing: per CR, whether a reconcile is already waiting for the lock (it will read the
+        # newest cache, so more requests add nothing) and the most urgent priority asked of it.
+        self.waiting: dict[tuple[str, str], bool] = {}
+        self.urgent: dict[tuple[str, str], bool] = {}
+        # New and changed CRs (and repairs) never queue behind status-following work and resyncs.
+        self.fresh = ThreadPoolExecutor(FRESH_THREADS, thread_name_prefix="reconcile-fresh")
+        self.background = ThreadPoolExecutor(BACKGROUND_THREADS, thread_name_prefix="reconcile-background")
 
     @property
     def kube(self) -> Kube:
@@ -117,11 +128,15 @@ class _State:
         self.cache.forget_cr(namespace, name)
         self.failures.pop((namespace, name), None)
         self._locks.pop((namespace, name), None)
+        self.waiting.pop((namespace, name), None)
+        self.urgent.pop((namespace, name), None)
         self.due.pop(uid, None)
         self._wake.pop(uid, None)
         self._gone.pop(uid, asyncio.Event()).set()
 
     def close(self) -> None:
+        self.fresh.shutdown(wait=False, cancel_futures=True)
+        self.background.shutdown(wait=False, cancel_futures=True)
         if self._kube is not None:
             self._kube.close()
             self._kube = None
@@ -157,30 +172,47 @@ def _node_labels(kwargs: Mapping[str, Any]) -> list[dict[str, str]]:
 
 
 async def _run(
-    state: _State, namespace: str, name: str, uid: str, logger: Any, nodes: list[dict[str, str]]
+    state: _State,
+    namespace: str,
+    name: str,
+    uid: str,
+    logger: Any,
+    nodes: list[dict[str, str]],
+    *,
+    urgent: bool = False,
 ) -> Outcome | None:
     """Reconcile the CR as the cache holds it, under its lock (so the status it compares against
     includes the previous reconcile's write). None when the CR is gone or was replaced (another
-    uid). A transient failure schedules a retry with backoff through the CR's daemon."""
+    uid), or when a reconcile of it is already waiting (it reads the newest cache: this request is
+    folded into it). ``urgent`` (a new or changed CR, a deleted or drifted child) runs on the
+    threads that status-following work and resyncs cannot occupy. A transient failure schedules a
+    retry with backoff through the CR's daemon."""
     key = (namespace, name)
+    state.urgent[key] = state.urgent.get(key, False) or urgent
+    if state.waiting.get(key):
+        return None
+    state.waiting[key] = True
     async with state.lock(namespace, name):
+        state.waiting[key] = False
         outcome: Outcome | None = None
         for _ in range(3):  # at most twice more, when the CR changed while it was reconciled
             body = state.cache.cr(namespace, name)
             if body is None or body["metadata"].get("uid") != uid:
                 return None
             failures = state.failures.get(key, 0)  # consecutive, whichever trigger ran them
+            executor = state.fresh if state.urgent.pop(key, False) else state.background
+            work = functools.partial(
+                reconcile,
+                body,
+                state.kube,
+                logger,
+                retry=failures,
+                options=state.config.options,
+                cache=state.cache,
+                nodes=nodes,
+            )
             try:
-                outcome = await asyncio.to_thread(
-                    reconcile,
-                    body,
-                    state.kube,
-                    logger,
-                    retry=failures,
-                    options=state.config.options,
-                    cache=state.cache,
-                    nodes=nodes,
-                )
+                outcome = await asyncio.get_running_loop().run_in_executor(executor, work)
             except kopf.TemporaryError as e:
                 state.failures[key] = failures + 1
                 state.schedule(uid, float(e.delay or 1.0))
@@ -197,6 +229,7 @@ async def _run(
             now = state.cache.cr(namespace, name)
             if now is None or now["metadata"].get("generation") == body["metadata"].get("generation"):
                 break
+            state.urgent[key] = True
     return outcome
 
 
@@ -263,7 +296,9 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig | None = No
             state.forget(namespace, name, uid)
             return
         if state.cache.observe_cr(body):  # not the echo of our own status patch
-            await _run(state, namespace, name, uid, logger, _node_labels(kw))
+            observed = (body.get("status") or {}).get("observedGeneration")
+            await _run(state, namespace, name, uid, logger, _node_labels(kw),
+                       urgent=observed != meta.get("generation"))  # fmt: skip
 
     async def resync(body: kopf.Body, stopped: kopf.DaemonStopped, logger: Any, **kw: Any) -> None:
         meta = body.get("metadata", {})
@@ -299,7 +334,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig | None = No
         namespace = body.get("metadata", {}).get("namespace", "")
         logger.debug(f"{type} {body.get('kind')} {namespace}/{body['metadata']['name']} ({change.value}): "
                      "reconciling its owner")
-        await _run(state, namespace, ref["name"], str(ref.get("uid") or ""), logger, _node_labels(kw))
+        urgent = change in (Change.GONE, Change.DRIFT)  # a repair; a status change can wait a little
+        await _run(state, namespace, ref["name"], str(ref.get("uid") or ""), logger, _node_labels(kw), urgent=urgent)
 
     for kind_name in WATCHED_CHILDREN:
         kind = KINDS[kind_name]
