@@ -446,74 +446,40 @@ def build_model(kind: str, scale: Scale, folder: Path) -> dict[str, Any]:
 
 
 # --- the estimator ------------------------------------------------------------------------------------
-def estimator_cr(kind: str, scale: Scale, folder: Path, gpu: dict[str, Any] | None) -> dict[str, Any]:
-    """The AutoGLMDeployment ``autoglm-operator estimate`` reads: the catalog model on the GPU scale
-    (the model was built from its config), shape hints from config.json on the tiny one."""
-    shape = scale.text_shape if kind == "text" else scale.vision_shape
-    model: dict[str, Any] = {"source": f"hf://{shape}" if shape else f"pvc://models/tiny-{kind}"}
-    if shape is None:
-        cfg = json.loads((folder / "config.json").read_text())
-        lm = cfg.get("text_config", cfg)
-        from safetensors import safe_open
+def run_estimate(kind: str, scale: Scale, folder: Path, gpu: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Per mode, what ``autoglm-operator estimate`` computes (``autoglm_operator.memory.estimate``,
+    called here in-process: the CLI's spec validation needs the operator's CEL library, which the
+    wheelhouse leaves out) for this card and the engine settings the parts use. The model's shape:
+    the catalog entry it was built from on the GPU scale, its config.json on the tiny one."""
+    from autoglm_operator.memory import GIB, GpuInfo, Workload, estimate, lookup_model, shape_from_config
 
-        params = 0
-        for f in folder.glob("*.safetensors"):
-            with safe_open(str(f), framework="pt") as h:
-                for k in h.keys():  # noqa: SIM118 - safe_open is not a mapping
-                    params += _numel(h.get_slice(k).get_shape())
-        model["shape"] = {
-            "parameters": params,
-            "numLayers": lm["num_hidden_layers"],
-            "numKvHeads": lm["num_key_value_heads"],
-            "headDim": lm.get("head_dim") or lm["hidden_size"] // lm["num_attention_heads"],
-            "hiddenSize": lm["hidden_size"],
-            "vocabSize": lm["vocab_size"],
-            "tieWordEmbeddings": bool(cfg.get("tie_word_embeddings", False)),
-        }
-    gpu_spec: dict[str, Any] = {"count": 0}
+    name = scale.text_shape if kind == "text" else scale.vision_shape
+    if name is not None:
+        shape = lookup_model(name)
+        assert shape is not None, name
+    else:
+        shape = shape_from_config(json.loads((folder / "config.json").read_text()), f"tiny-{kind}")
+    card = None
     if gpu is not None:
-        gpu_spec = {"count": 1, "memory": str(gpu["memory_bytes"]), "computeCapability": gpu["capability"]}
-    return {
-        "apiVersion": "autoglm.io/v1alpha1",
-        "kind": "AutoGLMDeployment",
-        "metadata": {"name": f"gpu-check-{kind}"},
-        "spec": {
-            "model": model,
-            "resources": {"gpu": gpu_spec},
-            "memory": {"gpuMemoryPercent": 90, "headroomPercent": 10},
-            "serving": {
-                "maxBatchSize": 16,
-                "maxInputTokens": scale.max_input_tokens,
-                "maxNewTokens": scale.max_new_tokens,
-                "maxBatchTokens": scale.max_batch_tokens,
-                "kvCacheTokens": scale.kv_cache_tokens,
-            },
-        },
-    }
-
-
-def _numel(shape: Sequence[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
-def run_estimate(cr: dict[str, Any], work: Path) -> dict[str, Any]:
-    """``autoglm-operator estimate -f CR -o json`` (exit 1 = does not fit: still a table)."""
-    import yaml
-
-    path = work / f"{cr['metadata']['name']}.yaml"
-    path.write_text(yaml.safe_dump(cr))
-    out = subprocess.run(
-        [sys.executable, "-m", "autoglm_operator.cli", "estimate", "-f", str(path), "--quantization", "bf16",
-         "-o", "json"],
-        capture_output=True, text=True, timeout=120, check=False,
+        major, minor = (int(x) for x in gpu["capability"].split("."))
+        card = GpuInfo(name="this card", memory_bytes=gpu["memory_bytes"], compute_capability=(major, minor))
+    workload = Workload(
+        max_batch_size=16, max_input_tokens=scale.max_input_tokens, max_new_tokens=scale.max_new_tokens,
+        max_batch_tokens=scale.max_batch_tokens, kv_cache_tokens=scale.kv_cache_tokens,
     )  # fmt: skip
-    if out.returncode not in (0, 1):
-        raise RuntimeError(f"autoglm-operator estimate failed: {out.stderr.strip()[-300:]}")
-    data = json.loads(out.stdout)
-    return {e["quantization"]: e for e in data["table"]}
+    table = {}
+    for mode in MODES:
+        e = estimate(shape, mode, card, 1 if card else 0, workload=workload, gpu_memory_percent=90,
+                     headroom_percent=10)  # fmt: skip
+        table[mode] = {
+            **dataclasses.asdict(e),
+            "kv_pool_bytes": e.kv_pool_bytes,
+            "total_bytes": e.total_bytes,
+            "fits": e.fits,
+            "shape": f"{shape.name} ({shape.source}), {shape.parameters / 1e9:.3f} B parameters",
+            "total_gib": round(e.total_bytes / GIB, 2),
+        }
+    return table
 
 
 def gpu_spec_here() -> dict[str, Any] | None:
@@ -588,7 +554,7 @@ def part_load(kind: str, mode: str, scale: Scale, state: Path) -> dict[str, Any]
 
     folder = state / "models" / kind
     on_gpu = torch.cuda.is_available()
-    estimate = run_estimate(estimator_cr(kind, scale, folder, gpu_spec_here()), state)[mode]
+    estimate = run_estimate(kind, scale, folder, gpu_spec_here())[mode]
     if on_gpu and not estimate["fits"]:
         return {"skipped": f"{mode} does not fit this card by the estimator ({estimate['note'] or 'total > usable'})"}
     settings = RuntimeSettings(

@@ -27,5 +27,4 @@ PIP_NO_INDEX=1 "$PYTHON" scripts/gpu_check_install.py "$WHEELHOUSE" "$TARGET"
 echo "gpu-check: installed in $(( $(date +%s) - started )) s"
 export PYTHONPATH="$TARGET:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
-export PYTHONDONTWRITEBYTECODE=1
 "$PYTHON" -m benchmarks.gpu_check --out "$OUT" "$@"

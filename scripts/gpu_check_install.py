@@ -106,7 +106,7 @@ def install(wheels: list[Path], target: Path) -> None:
     if not wheels:
         return
     pip = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--disable-pip-version-check",
-           "-q", "--target", str(target), *map(str, wheels)]  # fmt: skip
+           "-q", "--no-compile", "--target", str(target), *map(str, wheels)]  # fmt: skip
     if subprocess.run(pip, check=False).returncode != 0:
         raise SystemExit("error: pip could not install the wheelhouse (see above)")
 
