@@ -143,8 +143,20 @@ PARTS: tuple[Part, ...] = (
     Part("load-vision-nf4", "as load-vision-bf16, bitsandbytes nf4", 35, 75, needs=("build-vision",)),
 )  # fmt: skip
 PART_NAMES = [p.name for p in PARTS]
-GPU_BUDGET_S = 570  # ten minutes less the install and the report
+TOTAL_S = 600  # the whole check, install included, on one H100-class GPU
+REPORT_S = 10  # the table and the JSON after the last part
+GPU_BUDGET_S = 570  # the parts' deadline when the install's time is not known (30 s for it)
 CPU_BUDGET_S = 300
+
+
+def parts_budget(on_gpu: bool, started_epoch: float | None, now_epoch: float) -> float:
+    """The parts' deadline: on a GPU what is left of ten minutes since ``scripts/gpu-check.sh``
+    started (``GPU_CHECK_STARTED``: the install counts), less the report; on the CPU form 300 s."""
+    if not on_gpu:
+        return CPU_BUDGET_S
+    if started_epoch is None:
+        return GPU_BUDGET_S
+    return max(0.0, TOTAL_S - REPORT_S - (now_epoch - started_epoch))
 
 
 def planned_seconds(parts: Sequence[Part] = PARTS) -> int:
@@ -186,7 +198,9 @@ def run_parts(
             continue
         if left < part.min_s:
             results.append(
-                PartResult(part.name, "skipped", note=f"time budget: {max(0, left):.0f} s left of {budget_s:.0f} s")
+                PartResult(
+                    part.name, "skipped", note=f"time budget: {max(0, left):.0f} s left of {budget_s:.0f} s"
+                )
             )
             continue
         timeout = min(part.timeout_s if on_gpu else part.cpu_timeout_s, left)
@@ -211,7 +225,9 @@ def subprocess_runner(args: argparse.Namespace, state: Path) -> Runner:
         print(f"==> {part.name}: {part.what} (timeout {timeout:.0f} s)", flush=True)
         started = time.monotonic()
         with log.open("wb") as f:
-            proc = subprocess.Popen(argv, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                argv, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+            )
             try:
                 rc: int | None = proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -446,7 +462,9 @@ def build_model(kind: str, scale: Scale, folder: Path) -> dict[str, Any]:
 
 
 # --- the estimator ------------------------------------------------------------------------------------
-def run_estimate(kind: str, scale: Scale, folder: Path, gpu: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+def run_estimate(
+    kind: str, scale: Scale, folder: Path, gpu: dict[str, Any] | None
+) -> dict[str, dict[str, Any]]:
     """Per mode, what ``autoglm-operator estimate`` computes (``autoglm_operator.memory.estimate``,
     called here in-process: the CLI's spec validation needs the operator's CEL library, which the
     wheelhouse leaves out) for this card and the engine settings the parts use. The model's shape:
@@ -556,7 +574,9 @@ def part_load(kind: str, mode: str, scale: Scale, state: Path) -> dict[str, Any]
     on_gpu = torch.cuda.is_available()
     estimate = run_estimate(kind, scale, folder, gpu_spec_here())[mode]
     if on_gpu and not estimate["fits"]:
-        return {"skipped": f"{mode} does not fit this card by the estimator ({estimate['note'] or 'total > usable'})"}
+        return {
+            "skipped": f"{mode} does not fit this card by the estimator ({estimate['note'] or 'total > usable'})"
+        }
     settings = RuntimeSettings(
         model=str(folder), quantization=mode, gpu_memory_percent=90, max_batch_size=16,
         max_batch_tokens=scale.max_batch_tokens, kv_cache_tokens=scale.kv_cache_tokens,
@@ -670,7 +690,7 @@ def part_serve_text(scale: Scale, state: Path, prefix: bool) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     system = _text_of_tokens(tokenizer, scale.system_tokens)
     result: dict[str, Any] = {"device": device_name(), "mode": mode, "prefix_caching": prefix}
-    with launched([spec], state / "logs", timeout_s=240) as (server,):
+    with launched([spec], state / "logs" / "servers", timeout_s=240) as (server,):
         result["ready_s"] = server.ready_s
         if prefix:
             prompt = make_prompt(64, tokenizer)
@@ -704,7 +724,7 @@ def part_serve_phone(scale: Scale, state: Path) -> dict[str, Any]:
     extra = ["--served-model-name", PHONE, "--max-input-tokens", "32768", "--max-new-tokens", "64"]
     spec = autoglm_spec("serve-phone", folder, quantization=mode, max_batch_size=4, extra=extra)
     spec.memory_cap_bytes = NO_MEMORY_CAP
-    with launched([spec], state / "logs", timeout_s=240) as (server,):
+    with launched([spec], state / "logs" / "servers", timeout_s=240) as (server,):
         run = asyncio.run(run_sessions(server.spec.base_url, "autoglm", 1, scale.phone_steps, 16))
         ready = server.ready_s
     return {"device": device_name(), "mode": mode, "ready_s": ready, "image_tokens": image_tokens, "run": run}
@@ -724,11 +744,12 @@ def part_transformers(scale: Scale, state: Path) -> dict[str, Any]:
     on_gpu = torch.cuda.is_available()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     started = time.perf_counter()
+    # bf16 as the runtime's load-text-bf16 part, so the two batch-1 rates compare like with like.
     model = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=torch.bfloat16 if on_gpu else torch.float32, device_map="cuda:0" if on_gpu else "cpu"
+        folder, dtype=torch.bfloat16, device_map="cuda:0" if on_gpu else "cpu"
     ).eval()
     result: dict[str, Any] = {"device": device_name(), "transformers": transformers.__version__,
-                              "dtype": "bf16" if on_gpu else "fp32", "load_s": round(time.perf_counter() - started, 2)}  # fmt: skip
+                              "dtype": "bf16", "load_s": round(time.perf_counter() - started, 2)}  # fmt: skip
     ids = tokenizer(make_prompt(64, tokenizer), return_tensors="pt").to(model.device)
     n = scale.output_tokens
     sync = torch.cuda.synchronize if on_gpu else (lambda: None)
@@ -786,7 +807,9 @@ def part_pytest(state: Path) -> dict[str, Any]:
     )  # fmt: skip
     report.write_text(out.stdout + out.stderr)
     last = (out.stdout.strip().splitlines() or [""])[-1]
-    counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|error|errors|deselected)", last)}
+    counts = {
+        k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|error|errors|deselected)", last)
+    }
     return {"device": device_name(), "exit": out.returncode, "summary": last.strip("= "), "counts": counts,
             "ok": out.returncode in (0, 5) and not counts.get("failed") and not counts.get("error")}  # fmt: skip
 
@@ -960,13 +983,29 @@ def table(info: dict[str, Any], results: Sequence[PartResult], table_rows: Seque
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    p.add_argument("--out", type=Path, default=REPO / "build" / "gpu-check", help="results folder (JSON, logs)")
-    p.add_argument("--scale", choices=["auto", "gpu", "tiny"], default="auto", help="auto: gpu with CUDA, else tiny")
-    p.add_argument("--budget-s", type=float, help=f"deadline for all parts (default {GPU_BUDGET_S} on a GPU, {CPU_BUDGET_S} on a CPU)")
-    p.add_argument("--parts", nargs="+", choices=PART_NAMES, help="run only these (and what they need, if asked)")
-    p.add_argument("--work", type=Path, help="where the models are built (default: a temporary folder, removed)")
-    p.add_argument("--fork", action=argparse.BooleanOptionalAction, default=None,
-                   help="run parts as forks of one process that imported torch once (default: without CUDA)")
+    p.add_argument(
+        "--out", type=Path, default=REPO / "build" / "gpu-check", help="results folder (JSON, logs)"
+    )
+    p.add_argument(
+        "--scale", choices=["auto", "gpu", "tiny"], default="auto", help="auto: gpu with CUDA, else tiny"
+    )
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        help=f"deadline for all parts (default {GPU_BUDGET_S} on a GPU, {CPU_BUDGET_S} on a CPU)",
+    )
+    p.add_argument(
+        "--parts", nargs="+", choices=PART_NAMES, help="run only these (and what they need, if asked)"
+    )
+    p.add_argument(
+        "--work", type=Path, help="where the models are built (default: a temporary folder, removed)"
+    )
+    p.add_argument(
+        "--fork",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run parts as forks of one process that imported torch once (default: without CUDA)",
+    )
     p.add_argument("--run-part", help=argparse.SUPPRESS)
     p.add_argument("--state", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -981,8 +1020,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.scale = "gpu" if on_gpu else "tiny"
     scale = SCALES[args.scale]
     if not on_gpu:
-        print("No CUDA device here: running every part at tiny scale on the CPU (the numbers say cpu).", flush=True)
-    budget = args.budget_s or (GPU_BUDGET_S if on_gpu else CPU_BUDGET_S)
+        print(
+            "No CUDA device here: running every part at tiny scale on the CPU (the numbers say cpu).",
+            flush=True,
+        )
+    started_env = os.environ.get("GPU_CHECK_STARTED")
+    budget = args.budget_s or parts_budget(on_gpu, float(started_env) if started_env else None, time.time())
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.work or Path(tempfile.mkdtemp(prefix="autoglm-gpu-check-"))
     state = work

@@ -7,6 +7,7 @@
 #   PYTHON=/usr/bin/python3 GPU_WHEELHOUSE=build/gpu-wheelhouse bash scripts/gpu-check.sh OUT [gpu_check args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export GPU_CHECK_STARTED=${GPU_CHECK_STARTED:-$(date +%s)}  # the ten minutes count from here
 PYTHON=${PYTHON:-python3}
 WHEELHOUSE=${GPU_WHEELHOUSE:-build/gpu-wheelhouse}
 OUT=${1:-build/gpu-check}

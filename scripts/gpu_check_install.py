@@ -86,8 +86,10 @@ def plan(wheelhouse: Path) -> tuple[list[Path], list[str]]:
     for name, req in runtime_minimums(project[1]).items():
         have = present(name)
         ok = have is not None and req.specifier.contains(have, prereleases=True)
-        notes.append(f"{name}: node has {have or 'none'}, runtime supports {req.specifier}: "
-                     + ("using the node's" if ok else "from extra/"))
+        notes.append(
+            f"{name}: node has {have or 'none'}, runtime supports {req.specifier}: "
+            + ("using the node's" if ok else "from extra/")
+        )
         if not ok:
             need_peers.append(name)
     if need_peers and not extra:

@@ -39,9 +39,20 @@ def test_the_planned_gpu_run_fits_ten_minutes_with_room_for_install_and_report()
         assert all(gc.PART_NAMES.index(n) < gc.PART_NAMES.index(part.name) for n in part.needs), part.name
 
 
+def test_the_install_time_comes_out_of_the_ten_minutes() -> None:
+    assert gc.parts_budget(True, None, 1000.0) == gc.GPU_BUDGET_S
+    assert gc.parts_budget(True, 1000.0, 1045.0) == 600 - gc.REPORT_S - 45
+    assert gc.parts_budget(True, 0.0, 1e6) == 0.0
+    assert gc.parts_budget(False, 0.0, 1e6) == gc.CPU_BUDGET_S
+
+
 def test_each_part_gets_its_own_timeout_cut_to_what_is_left() -> None:
     clock = FakeClock()
-    parts = [gc.Part("a", "", 10, 100, 50), gc.Part("b", "", 10, 100, 50, min_s=20), gc.Part("c", "", 10, 100, 50)]
+    parts = [
+        gc.Part("a", "", 10, 100, 50),
+        gc.Part("b", "", 10, 100, 50, min_s=20),
+        gc.Part("c", "", 10, 100, 50),
+    ]
     seen: list[tuple[str, float]] = []
 
     def run(part: gc.Part, timeout: float) -> gc.PartResult:
@@ -84,14 +95,37 @@ def _results() -> list[gc.PartResult]:
         gc.PartResult("load-text-bf16", "ok", 30, data=_load_data(1.02, 1.08)),
         gc.PartResult("load-text-int8", "ok", 30, data=_load_data(1.09, 1.30)),
         gc.PartResult("load-text-nf4", "ok", 5, data={"device": "cuda:0", "skipped": "does not fit"}),
-        gc.PartResult("serve-text", "ok", 50, data={
-            "device": "cuda:0", "mode": "bf16", "batching_x": 7.0, "agent": agent,
-            "c1": {"output_throughput": 100.0}, "c16": {"output_throughput": 700.0}}),  # fmt: skip
-        gc.PartResult("serve-text-noprefix", "ok", 30, data={"device": "cuda:0", "agent": {**agent, "ttft_p50_s_step3_on": 0.5}}),
+        gc.PartResult(
+            "serve-text",
+            "ok",
+            50,
+            data={
+                "device": "cuda:0",
+                "mode": "bf16",
+                "batching_x": 7.0,
+                "agent": agent,
+                "c1": {"output_throughput": 100.0},
+                "c16": {"output_throughput": 700.0},
+            },
+        ),  # fmt: skip
+        gc.PartResult(
+            "serve-text-noprefix",
+            "ok",
+            30,
+            data={"device": "cuda:0", "agent": {**agent, "ttft_p50_s_step3_on": 0.5}},
+        ),
         gc.PartResult("serve-phone", "failed", 9, note="exit 1: boom"),
-        gc.PartResult("transformers", "ok", 40, data={
-            "device": "cuda:0", "dtype": "bf16", "generate_batch1": {"tokens_per_s": 50.0},
-            "generate_batch": {"tokens_per_s": 350.0}}),  # fmt: skip
+        gc.PartResult(
+            "transformers",
+            "ok",
+            40,
+            data={
+                "device": "cuda:0",
+                "dtype": "bf16",
+                "generate_batch1": {"tokens_per_s": 50.0},
+                "generate_batch": {"tokens_per_s": 350.0},
+            },
+        ),  # fmt: skip
     ]
 
 
@@ -105,7 +139,9 @@ def test_the_report_marks_targets_on_a_gpu_and_says_info_on_a_cpu() -> None:
     assert by[("serve-text*", "prefix reuse: TTFT p50 off / on")]["value"] == "5x"
     assert "does not fit" in by[("load-text-nf4", "load")]["value"]
     assert by[("serve-phone", "part")]["value"].startswith("FAILED")
-    assert by[("load-text-bf16 / transformers", "batch-1 decode, ours / transformers generate")]["value"] == "2x"
+    assert (
+        by[("load-text-bf16 / transformers", "batch-1 decode, ours / transformers generate")]["value"] == "2x"
+    )
     assert {r["status"] for r in gc.rows(_results(), on_gpu=False)} <= {"INFO", "-"}
 
     info = {"gpu": {"name": "NVIDIA H100 80GB HBM3", "memory_gib": 79.1, "capability": "9.0"},
@@ -134,14 +170,19 @@ def test_padded_tokenizer_decodes_every_id_and_encodes_as_before(tmp_path: Path)
 
 
 def _installer() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_check_install", REPO / "scripts" / "gpu_check_install.py")
-    assert spec is not None and spec.loader is not None
+    spec = importlib.util.spec_from_file_location(
+        "gpu_check_install", REPO / "scripts" / "gpu_check_install.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def _wheel(folder: Path, name: str, version: str, tag: str = "py3-none-any", requires: tuple[str, ...] = ()) -> None:
+def _wheel(
+    folder: Path, name: str, version: str, tag: str = "py3-none-any", requires: tuple[str, ...] = ()
+) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(folder / f"{name}-{version}-{tag}.whl", "w") as z:
         meta = [f"Name: {name}", f"Version: {version}", *(f"Requires-Dist: {r}" for r in requires)]
@@ -189,10 +230,13 @@ def test_the_installer_takes_only_what_the_node_lacks_and_never_torch(
 
 def test_wheelhouse_lists_are_pinned_and_hold_no_torch() -> None:
     for name in ("gpu-wheelhouse.txt", "gpu-wheelhouse-extra.txt"):
-        lines = [ln for ln in (REPO / "scripts" / name).read_text().splitlines() if ln and not ln.startswith("#")]
+        lines = [
+            ln for ln in (REPO / "scripts" / name).read_text().splitlines() if ln and not ln.startswith("#")
+        ]
         assert lines, name
         for line in lines:
             assert re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][A-Za-z0-9.+-]*", line), line
             assert not line.lower().startswith(("torch", "triton", "nvidia")), line
     main = (REPO / "scripts" / "gpu-wheelhouse.txt").read_text()
-    assert "transformers==" not in main and "accelerate==" not in main  # those live in extra/ only
+    assert "transformers==" not in main
+    assert "accelerate==" not in main
