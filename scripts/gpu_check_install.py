@@ -11,7 +11,8 @@ of ``sys.path`` (``PYTHONPATH``) by ``scripts/gpu-check.sh`` for the check alone
 - ``WHEELHOUSE/extra/*.whl`` (optional): transformers, accelerate, their dependencies and Pillow.
   When the node's transformers or accelerate are missing or older than the runtime supports (the
   project's ``runtime`` requirements), everything there that the node lacks or has older is
-  installed (the node's numpy is kept); otherwise only what the node lacks (e.g. Pillow).
+  installed (the node's numpy is kept); otherwise only what the runtime itself imports and the node
+  lacks (e.g. Pillow, for the vision path).
 
 Wheels for another Python or platform are left out (the wheelhouse holds CPython 3.11 and 3.12).
 """
@@ -32,6 +33,10 @@ from pip._vendor.packaging.version import Version
 NEVER = ("torch", "triton", "nvidia-")  # the node's CUDA stack is its own
 PEERS = ("transformers", "accelerate")
 KEEP_IF_PRESENT = ("numpy",)
+# What the runtime and the check import themselves, taken from extra/ whenever the node lacks it;
+# the rest of extra/ (transformers' and accelerate's own dependencies) only with them.
+OWN_NEEDS = ("pillow", "packaging", "psutil", "pyyaml", "certifi", "idna", "safetensors", "tokenizers",
+             "huggingface-hub", "numpy")  # fmt: skip
 
 
 def present(name: str) -> Version | None:
@@ -99,7 +104,11 @@ def plan(wheelhouse: Path) -> tuple[list[Path], list[str]]:
         )
     for name, (version, wheel) in extra.items():
         have = present(name)
-        if have is None or (need_peers and have < version and name not in KEEP_IF_PRESENT):
+        if need_peers:
+            take = have is None or (have < version and name not in KEEP_IF_PRESENT)
+        else:
+            take = have is None and name in OWN_NEEDS
+        if take:
             chosen.append(wheel)
     return chosen, notes
 

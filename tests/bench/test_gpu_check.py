@@ -195,8 +195,8 @@ def _wheel(
         ({"transformers": "5.0.0", "accelerate": "1.2.0", "numpy": "1.26.4", "tokenizers": "0.22.0"},
          {"autoglm", "fastapi", "pillow"}),
         ({"transformers": "4.40.0", "accelerate": "1.2.0", "numpy": "1.26.4", "tokenizers": "0.19.0"},
-         {"autoglm", "fastapi", "pillow", "transformers", "accelerate", "tokenizers"}),
-        ({}, {"autoglm", "fastapi", "pillow", "transformers", "accelerate", "tokenizers", "numpy"}),
+         {"autoglm", "fastapi", "pillow", "transformers", "accelerate", "tokenizers", "rich"}),
+        ({}, {"autoglm", "fastapi", "pillow", "transformers", "accelerate", "tokenizers", "numpy", "rich"}),
         ({"fastapi": "9.0", "transformers": "5.0.0", "accelerate": "1.2.0", "numpy": "2.0", "pillow": "11.0",
           "tokenizers": "0.22.0"},
          {"autoglm"}),
@@ -215,7 +215,8 @@ def test_the_installer_takes_only_what_the_node_lacks_and_never_torch(
     _wheel(wh / "extra", "numpy", "2.4.6", f"{abi}-{abi}-manylinux_2_17_x86_64")
     _wheel(wh / "extra", "numpy", "2.4.6", "cp39-cp39-win_amd64")  # another platform: ignored
     for name, version in (("transformers", "5.25.0"), ("accelerate", "1.16.0"), ("tokenizers", "0.23.3"),
-                          ("pillow", "13.0.0")):  # fmt: skip
+                          ("pillow", "13.0.0"), ("rich", "15.0.0")):  # fmt: skip
+        # (rich: a transformers dependency the runtime does not import, taken only with transformers)
         _wheel(wh / "extra", name, version)
     monkeypatch.setattr(inst, "present", lambda name: inst.Version(node[name]) if name in node else None)
     wheels, notes = inst.plan(wh)
