@@ -32,6 +32,11 @@ from pip._vendor.packaging.version import Version
 
 NEVER = ("torch", "triton", "nvidia-")  # the node's CUDA stack is its own
 PEERS = ("transformers", "accelerate")
+# Floors above the project's own ranges, where the check found older releases failing: with
+# transformers 4.56.2 (the project's floor) devmodels' GLM-4V builder needs transformers 5's
+# Glm4vImageProcessorPil, and the loader's warm-up passes on the token_type_ids that devmodels'
+# tokenizer returns under 4.x (docs/benchmarks.md, "Which transformers").
+TESTED_FLOORS = {"transformers": "5.0.0"}
 KEEP_IF_PRESENT = ("numpy",)
 # What the runtime and the check import themselves, taken from extra/ whenever the node lacks it;
 # the rest of extra/ (transformers' and accelerate's own dependencies) only with them.
@@ -90,10 +95,13 @@ def plan(wheelhouse: Path) -> tuple[list[Path], list[str]]:
     need_peers = []
     for name, req in runtime_minimums(project[1]).items():
         have = present(name)
+        floor = TESTED_FLOORS.get(name)
         ok = have is not None and req.specifier.contains(have, prereleases=True)
+        ok = ok and (floor is None or have >= Version(floor))
         notes.append(
-            f"{name}: node has {have or 'none'}, runtime supports {req.specifier}: "
-            + ("using the node's" if ok else "from extra/")
+            f"{name}: node has {have or 'none'}, runtime supports {req.specifier}"
+            + (f", the check >={floor}" if floor else "")
+            + (": using the node's" if ok else ": from extra/")
         )
         if not ok:
             need_peers.append(name)
