@@ -433,6 +433,14 @@ def build_model(kind: str, scale: Scale, folder: Path) -> dict[str, Any]:
                     setattr(config.vision_config, key, value)
     text.vocab_size = vocab
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        with torch.device("meta"):
+            probe = (AutoModelForCausalLM if kind == "text" else AutoModelForImageTextToText).from_config(
+                config
+            )
+        need = 2 * sum(p.numel() for p in probe.parameters())
+        if need > 0.9 * torch.cuda.mem_get_info()[0]:
+            device = "cpu"  # a card smaller than the bf16 weights: slower to make, same files
     for old in [*folder.glob("*.safetensors"), *folder.glob("*.safetensors.index.json")]:
         old.unlink()  # the tiny build's weights: the new model's shards replace them
     auto = AutoModelForCausalLM if kind == "text" else AutoModelForImageTextToText
@@ -450,6 +458,7 @@ def build_model(kind: str, scale: Scale, folder: Path) -> dict[str, Any]:
     del model
     return {
         "kind": kind,
+        "made_on": device,
         "shape": shape or "devmodels tiny",
         "parameters": params,
         "vocab_size": vocab,
@@ -525,6 +534,8 @@ def copy_bandwidth(device: str, nbytes: int, repeats: int = 10) -> float:
     sync()
     seconds = time.perf_counter() - started
     del src, dst
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()  # else the copy's 2 x nbytes stay reserved and count in the peak
     return 2 * nbytes * repeats / seconds
 
 
@@ -1007,15 +1018,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run parts as forks of one process that imported torch once (default: without CUDA)",
     )
     p.add_argument("--run-part", help=argparse.SUPPRESS)
+    p.add_argument("--machine-json", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--state", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.machine_json:
+        print(json.dumps(machine()))
+        return 0
     if args.run_part:
         scale = SCALES[args.scale]
         return run_part(args.run_part, scale, args.state)
 
-    import torch
-
-    on_gpu = torch.cuda.is_available()
+    # Read the machine in a child: a CUDA context in this process would hold memory on the card for
+    # the whole run and count in every part's peak.
+    probe = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--machine-json"], cwd=REPO,
+                           capture_output=True, text=True, timeout=180, check=True)  # fmt: skip
+    info = json.loads(probe.stdout.strip().splitlines()[-1])
+    on_gpu = info["gpu"] is not None
     if args.scale == "auto":
         args.scale = "gpu" if on_gpu else "tiny"
     scale = SCALES[args.scale]
@@ -1031,7 +1049,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     state = work
     for sub in ("parts", "logs", "models"):
         (state / sub).mkdir(parents=True, exist_ok=True)
-    info = machine()
     parts = [pt for pt in PARTS if not args.parts or pt.name in args.parts]
     started = time.monotonic()
     try:

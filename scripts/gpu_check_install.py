@@ -35,8 +35,9 @@ PEERS = ("transformers", "accelerate")
 # Floors above the project's own ranges, where the check found older releases failing: with
 # transformers 4.56.2 (the project's floor) devmodels' GLM-4V builder needs transformers 5's
 # Glm4vImageProcessorPil, and the loader's warm-up passes on the token_type_ids that devmodels'
-# tokenizer returns under 4.x (docs/benchmarks.md, "Which transformers").
-TESTED_FLOORS = {"transformers": "5.0.0"}
+# tokenizer returns under 4.x; transformers 5 refuses accelerate 1.0.1 (the project's floor) for
+# device_map loading: it wants 1.1.0 (docs/benchmarks.md, "Which transformers").
+TESTED_FLOORS = {"transformers": "5.0.0", "accelerate": "1.1.0"}
 KEEP_IF_PRESENT = ("numpy",)
 # What the runtime and the check import themselves, taken from extra/ whenever the node lacks it;
 # the rest of extra/ (transformers' and accelerate's own dependencies) only with them.
