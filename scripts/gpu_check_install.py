@@ -32,12 +32,12 @@ from pip._vendor.packaging.version import Version
 
 NEVER = ("torch", "triton", "nvidia-")  # the node's CUDA stack is its own
 PEERS = ("transformers", "accelerate")
-# Floors above the project's own ranges, where the check found older releases failing: with
-# transformers 4.56.2 (the project's floor) devmodels' GLM-4V builder needs transformers 5's
-# Glm4vImageProcessorPil, and the loader's warm-up passes on the token_type_ids that devmodels'
-# tokenizer returns under 4.x; transformers 5 refuses accelerate 1.0.1 (the project's floor) for
-# device_map loading: it wants 1.1.0 (docs/benchmarks.md, "Which transformers").
-TESTED_FLOORS = {"transformers": "5.0.0", "accelerate": "1.1.0"}
+# Floors above the project's own ranges: the oldest releases the whole check has passed with
+# (docs/benchmarks.md, "Which transformers"). transformers 4.56.2 (the project's floor): the loader's
+# warm-up passes on the token_type_ids devmodels' tokenizer returns under 4.x, and devmodels' GLM-4V
+# builder needs Glm4vImageProcessorPil; 5.0.0 runs the text parts but still lacks that class;
+# 5.0.0 refuses accelerate 1.0.1 (the project's floor) and imports what 1.1.0 lacks.
+TESTED_FLOORS = {"transformers": "5.25.0", "accelerate": "1.16.0"}
 KEEP_IF_PRESENT = ("numpy",)
 # What the runtime and the check import themselves, taken from extra/ whenever the node lacks it;
 # the rest of extra/ (transformers' and accelerate's own dependencies) only with them.
