@@ -397,20 +397,9 @@ def pad_tokenizer(folder: Path, vocab_size: int) -> int:
     return size
 
 
-def build_model(kind: str, scale: Scale, folder: Path) -> dict[str, Any]:
-    """devmodels' tiny GLM / GLM-4V (tokenizer, image processor, config), resized to the catalog's
-    shape on the GPU scale, then random weights made on the device in bf16 and saved."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
-
-    from autoglm_runtime.devmodels import build_tiny_glm, build_tiny_glm4v
-
-    started = time.perf_counter()
-    (build_tiny_glm if kind == "text" else build_tiny_glm4v)(folder)
-    vocab = pad_tokenizer(folder, scale.vocab_size)
-    config = AutoConfig.from_pretrained(folder)
+def resize_config(config: Any, kind: str, shape: str | None, vocab: int) -> Any:
+    """``config`` (devmodels' tiny one) with the catalog model ``shape``'s sizes (None: kept tiny)."""
     text = config.text_config if kind == "vision" else config
-    shape = scale.text_shape if kind == "text" else scale.vision_shape
     if shape is not None:
         from autoglm_operator.memory.catalog import catalog_config
 
@@ -432,6 +421,22 @@ def build_model(kind: str, scale: Scale, folder: Path) -> dict[str, Any]:
                 if key != "model_type":
                     setattr(config.vision_config, key, value)
     text.vocab_size = vocab
+    return config
+
+
+def build_model(kind: str, scale: Scale, folder: Path) -> dict[str, Any]:
+    """devmodels' tiny GLM / GLM-4V (tokenizer, image processor, config), resized to the catalog's
+    shape on the GPU scale, then random weights made on the device in bf16 and saved."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    from autoglm_runtime.devmodels import build_tiny_glm, build_tiny_glm4v
+
+    started = time.perf_counter()
+    (build_tiny_glm if kind == "text" else build_tiny_glm4v)(folder)
+    vocab = pad_tokenizer(folder, scale.vocab_size)
+    shape = scale.text_shape if kind == "text" else scale.vision_shape
+    config = resize_config(AutoConfig.from_pretrained(folder), kind, shape, vocab)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         with torch.device("meta"):

@@ -244,3 +244,28 @@ def test_wheelhouse_lists_are_pinned_and_hold_no_torch() -> None:
     main = (REPO / "scripts" / "gpu-wheelhouse.txt").read_text()
     assert "transformers==" not in main
     assert "accelerate==" not in main
+
+
+@pytest.mark.parametrize(("kind", "catalog"), [("text", gc.TEXT_CATALOG), ("vision", gc.VISION_CATALOG)])
+def test_the_9b_models_have_the_catalog_shapes_the_estimator_uses(
+    tmp_path: Path, kind: str, catalog: str
+) -> None:
+    """What the GPU form builds, made on the meta device (no memory): the parameter count the
+    estimator assumes for the catalog model, so "weights vs estimate within 5%" tests the estimator."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    from autoglm_operator.memory import estimate, lookup_model
+    from autoglm_runtime.devmodels import build_tiny_glm, build_tiny_glm4v
+
+    folder = (build_tiny_glm if kind == "text" else build_tiny_glm4v)(tmp_path / kind)
+    config = gc.resize_config(AutoConfig.from_pretrained(folder), kind, catalog, gc.GPU.vocab_size)
+    auto = AutoModelForCausalLM if kind == "text" else AutoModelForImageTextToText
+    with torch.device("meta"):
+        model = auto.from_config(config, dtype=torch.bfloat16)
+    params = sum(p.numel() for p in model.parameters())
+    shape = lookup_model(catalog)
+    assert shape is not None
+    assert abs(params / shape.parameters - 1) < 0.005, (params, shape.parameters)
+    bf16 = estimate(shape, "bf16", None).weights_bytes
+    assert abs(2 * params / bf16 - 1) < 0.005
