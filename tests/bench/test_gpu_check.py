@@ -197,7 +197,7 @@ def _wheel(
         ({"transformers": "4.40.0", "accelerate": "1.2.0", "numpy": "1.26.4", "tokenizers": "0.19.0"},
          {"autoglm", "fastapi", "pillow", "transformers", "accelerate", "tokenizers", "rich"}),
         ({}, {"autoglm", "fastapi", "pillow", "transformers", "accelerate", "tokenizers", "numpy", "rich"}),
-        # in the project's range (>=4.56) but below the check's tested floor (5.25.0): from extra/
+        # in the project's range (>=4.56) but below the check's tested floor (5.5.0): from extra/
         ({"transformers": "4.57.0", "accelerate": "1.2.0", "numpy": "1.26.4", "tokenizers": "0.22.0"},
          {"autoglm", "fastapi", "pillow", "transformers", "accelerate", "tokenizers", "rich"}),
         ({"fastapi": "9.0", "transformers": "5.25.0", "accelerate": "1.16.0", "numpy": "2.0", "pillow": "11.0",
