@@ -642,7 +642,7 @@ def part_load(kind: str, mode: str, scale: Scale, state: Path) -> dict[str, Any]
         what = "peak GPU memory of the process (context + allocator peak) vs weights + context + pool + step + fragmentation"
     else:
         peak = (_status_kib("VmHWM") * 1024) - rss_loaded
-        pool_bytes = _kv_per_token(loaded) * scale.kv_cache_tokens
+        pool_bytes = int(engine.runner.kv_bytes_per_token()) * scale.kv_cache_tokens
         predicted = pool_bytes + estimate["activation_bytes"] + _fragmentation(estimate, pool_bytes)
         what = "peak RSS above the loaded model vs pool + step + fragmentation (CPU: fp32 math kernels, INFO)"
     tpot = decode["tpot_s"]
@@ -662,12 +662,6 @@ def part_load(kind: str, mode: str, scale: Scale, state: Path) -> dict[str, Any]
     if result["achieved_bandwidth_gbs"]:
         result["bandwidth_utilisation"] = result["achieved_bandwidth_gbs"] / result["copy_bandwidth_gbs"]
     return result
-
-
-def _kv_per_token(loaded: Any) -> int:
-    from autoglm_runtime.engine import ModelRunner
-
-    return int(ModelRunner(loaded.model, loaded.tokenizer, loaded.device).kv_bytes_per_token())
 
 
 def _fragmentation(estimate: dict[str, Any], pool_bytes: int | None = None) -> int:
@@ -1010,9 +1004,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=float,
         help=f"deadline for all parts (default {GPU_BUDGET_S} on a GPU, {CPU_BUDGET_S} on a CPU)",
     )
-    p.add_argument(
-        "--parts", nargs="+", choices=PART_NAMES, help="run only these (and what they need, if asked)"
-    )
+    p.add_argument("--parts", nargs="+", choices=PART_NAMES, help="run only these (and the builds they need)")
     p.add_argument(
         "--work", type=Path, help="where the models are built (default: a temporary folder, removed)"
     )
@@ -1054,7 +1046,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     state = work
     for sub in ("parts", "logs", "models"):
         (state / sub).mkdir(parents=True, exist_ok=True)
-    parts = [pt for pt in PARTS if not args.parts or pt.name in args.parts]
+    wanted = set(args.parts or PART_NAMES)
+    wanted |= {n for pt in PARTS if pt.name in wanted for n in pt.needs}  # a load needs its build
+    parts = [pt for pt in PARTS if pt.name in wanted]
     started = time.monotonic()
     try:
         fork = args.fork if args.fork is not None else not on_gpu
