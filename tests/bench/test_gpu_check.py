@@ -18,6 +18,7 @@ from types import ModuleType
 import pytest
 
 from benchmarks import gpu_check as gc
+from benchmarks import gpu_parts as gp
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -148,7 +149,7 @@ def test_the_report_marks_targets_on_a_gpu_and_says_info_on_a_cpu() -> None:
             "driver": "570.86", "python": "3.11.7", "cpu_cores": 16,
             "versions": {"torch": "2.6.0", "cuda": "12.4", "transformers": "5.25.0", "accelerate": "1.16.0",
                          "bitsandbytes": "0.50.2", "autoglm": "0.1.0"}}  # fmt: skip
-    text = gc.table(info, _results(), rows, 500.0, gc.GPU)
+    text = gc.table(info, _results(), rows, 500.0, gp.GPU)
     assert text.startswith("GPU check — NVIDIA H100 80GB HBM3 (79.1 GiB, cc 9.0), driver 570.86")
     assert "serve-phone failed" in text
     assert json.dumps(rows)  # the JSON report holds the same rows
@@ -162,7 +163,7 @@ def test_padded_tokenizer_decodes_every_id_and_encodes_as_before(tmp_path: Path)
     folder = build_tiny_glm(tmp_path / "glm")
     before = AutoTokenizer.from_pretrained(folder)
     text = "Paris is the capital of France."
-    assert gc.pad_tokenizer(folder, 1024) == 1024
+    assert gp.pad_tokenizer(folder, 1024) == 1024
     after = AutoTokenizer.from_pretrained(folder)
     assert len(after) == 1024
     assert after(text)["input_ids"] == before(text)["input_ids"]
@@ -246,7 +247,7 @@ def test_wheelhouse_lists_are_pinned_and_hold_no_torch() -> None:
     assert "accelerate==" not in main
 
 
-@pytest.mark.parametrize(("kind", "catalog"), [("text", gc.TEXT_CATALOG), ("vision", gc.VISION_CATALOG)])
+@pytest.mark.parametrize(("kind", "catalog"), [("text", gp.TEXT_CATALOG), ("vision", gp.VISION_CATALOG)])
 def test_the_9b_models_have_the_catalog_shapes_the_estimator_uses(
     tmp_path: Path, kind: str, catalog: str
 ) -> None:
@@ -259,7 +260,7 @@ def test_the_9b_models_have_the_catalog_shapes_the_estimator_uses(
     from autoglm_runtime.devmodels import build_tiny_glm, build_tiny_glm4v
 
     folder = (build_tiny_glm if kind == "text" else build_tiny_glm4v)(tmp_path / kind)
-    config = gc.resize_config(AutoConfig.from_pretrained(folder), kind, catalog, gc.GPU.vocab_size)
+    config = gp.resize_config(AutoConfig.from_pretrained(folder), kind, catalog, gp.GPU.vocab_size)
     auto = AutoModelForCausalLM if kind == "text" else AutoModelForImageTextToText
     with torch.device("meta"):
         model = auto.from_config(config, dtype=torch.bfloat16)
