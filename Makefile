@@ -9,7 +9,8 @@ export TRANSFORMERS_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint crds demo clean chart-sync chart-lint images images-smoke e2e bench
+.PHONY: help install test test-fast lint crds demo clean chart-sync chart-lint images images-smoke e2e bench \
+	gpu-wheelhouse gpu-check gpu-check-cpu
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-16s %s\n", $$1, $$2}'
@@ -61,6 +62,17 @@ demo: install ## validate + render the examples, then run the runtime on a packa
 
 bench: install ## runtime vs batch-1 vs transformers serve, quantization, overhead, operator (< 20 min); writes bench-results/ and docs/benchmarks.md
 	$(PY) -m benchmarks.run_all $(BENCH_ARGS)
+
+GPU_PYTHON ?= python3
+GPU_CHECK_OUT ?= build/gpu-check
+gpu-wheelhouse: ## with network: build/gpu-wheelhouse/ (<= 50 MB) + extra/ (transformers, accelerate) for gpu-check offline
+	bash scripts/gpu-wheelhouse.sh build/gpu-wheelhouse
+
+gpu-check: ## on a GPU node, offline: install from build/gpu-wheelhouse beside GPU_PYTHON's torch, run the acceptance check (< 10 min)
+	PYTHON=$(GPU_PYTHON) bash scripts/gpu-check.sh $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
+
+gpu-check-cpu: gpu-wheelhouse ## the CPU form CI runs: a fresh venv with only torch, gpu-check from the wheelhouse at tiny scale
+	bash scripts/gpu-check-cpu.sh build/gpu-check-cpu $(GPU_CHECK_ARGS)
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist

@@ -68,6 +68,13 @@ class ServerSpec:
         return f"http://127.0.0.1:{self.port}"
 
 
+def runtime_argv() -> list[str]:
+    """``autoglm-runtime``: the console script beside this interpreter, or the module when the runtime
+    was installed elsewhere (``make gpu-check`` installs it with ``pip --target`` on a GPU node)."""
+    script = VENV_BIN / "autoglm-runtime"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "autoglm_runtime.cli"]
+
+
 def autoglm_spec(
     name: str,
     model_dir: Path,
@@ -78,7 +85,7 @@ def autoglm_spec(
 ) -> ServerSpec:
     port = free_port()
     argv = [
-        str(VENV_BIN / "autoglm-runtime"),
+        *runtime_argv(),
         "serve",
         "--model",
         str(model_dir),
