@@ -28,7 +28,7 @@ from typing import Any
 
 import kopf
 
-from autoglm_operator import api, labels, metrics
+from autoglm_operator import api, labels, metrics, routing
 from autoglm_operator import render as render_mod
 from autoglm_operator.kube import KINDS, ApiError, Kube, kind_of
 from autoglm_operator.memory.errors import MemoryFitError
@@ -53,6 +53,12 @@ APPLY_ORDER = (
     "HorizontalPodAutoscaler",
     "PodDisruptionBudget",
     "ServiceMonitor",
+    # spec.routing: the picker's identity and rights before its pods, the pool and route last
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+    "InferencePool",
+    "HTTPRoute",
 )
 # Kinds pruned when the spec no longer wants them (PVCs stay until the CR goes).
 PRUNABLE = (
@@ -62,9 +68,14 @@ PRUNABLE = (
     "ServiceMonitor",
     "Service",
     "ConfigMap",
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+    "InferencePool",
+    "HTTPRoute",
 )
 # Kinds that may be absent from a cluster (a CRD not installed): skipped with a warning.
-OPTIONAL_KINDS = frozenset({"ServiceMonitor"})
+OPTIONAL_KINDS = frozenset({"ServiceMonitor", "InferencePool", "HTTPRoute"})
 
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 
@@ -308,8 +319,9 @@ def _observation(
     """What the status is computed from, after the applies (some may have failed)."""
     meta = body.get("metadata") or {}
     namespace, name = meta.get("namespace", ""), meta.get("name", "")
-    deployment = next((obj for (k, _), obj in live.items() if k == "Deployment"), None)
-    service = next((o for o in wanted if o["kind"] == "Service"), None)
+    workload = labels.workload_name(name)  # the runtime's, not the endpoint picker's
+    deployment = next((obj for (k, n), obj in live.items() if k == "Deployment" and n == workload), None)
+    service = next((o for o in wanted if o["kind"] == "Service" and o["metadata"]["name"] == workload), None)
     return Observation(
         generation=meta.get("generation"),
         plan=rendered.plan,
@@ -317,8 +329,9 @@ def _observation(
         deployment_skipped_reason=rendered.deployment_skipped_reason,
         deployment=deployment,
         selector=labels.selector_string(name),
-        endpoint=endpoint_url(
-            service["metadata"]["name"] if service else labels.workload_name(name),
+        endpoint=routing.route_endpoint(spec)
+        or endpoint_url(
+            service["metadata"]["name"] if service else workload,
             namespace,
             spec.serving.port,
             tls=spec.serving.tls_secret is not None,
