@@ -107,3 +107,37 @@ def test_usage_is_the_share_of_blocks_held_by_running_requests() -> None:
     assert value(s, QUEUE_DEPTH) == 3
     assert value(s, RUNNING_REQUESTS) == 2
     assert s[KV_CACHE_CONFIG_INFO] == [({"block_size": "16", "num_blocks": "200"}, 1.0)]
+
+
+async def test_the_picker_config_names_only_metrics_a_live_runtime_exports(
+    tiny_loaded: Any, tiny_model_dir: Any
+) -> None:
+    """The operator's engineConfigs entry against a served runtime's real /metrics."""
+    import httpx
+
+    from autoglm_operator.routing import engine_config
+    from autoglm_runtime.app import create_app
+    from autoglm_runtime.engine import Engine, EngineConfig, ModelRunner
+    from autoglm_runtime.settings import RuntimeSettings
+
+    settings = RuntimeSettings(model=str(tiny_model_dir), served_model_name="tiny")
+    engine = Engine(EngineConfig.from_settings(settings))
+    app = create_app(settings, engine)
+    engine.start(ModelRunner(tiny_loaded.model, tiny_loaded.tokenizer), "tiny")
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://pod") as c:
+            chat = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+            assert (await c.post("/v1/chat/completions", json=chat)).status_code == 200
+            text = (await c.get("/metrics")).text
+    finally:
+        engine.stop()
+    samples: dict[str, list[dict[str, str]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append(dict(sample.labels))
+    config = engine_config()
+    for key in ("queuedRequestsSpec", "runningRequestsSpec", "kvUsageSpec", "cacheInfoSpec"):
+        assert config[key] in samples, f"{key}: {config[key]} is not in the runtime's /metrics"
+    (info,) = samples[config["cacheInfoSpec"]]
+    assert int(info[config["cacheBlockSizeLabelName"]]) > 0
+    assert int(info[config["cacheNumBlocksLabelName"]]) > 0
