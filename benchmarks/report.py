@@ -17,7 +17,7 @@ from typing import Any
 from benchmarks.targets import fmt_number
 
 REPO = Path(__file__).resolve().parent.parent
-PARTS = ("runtime", "overhead", "engine", "operator", "agent")
+PARTS = ("runtime", "overhead", "engine", "routing", "operator", "agent")
 
 
 def load(results: Path) -> dict[str, Any]:
@@ -457,6 +457,43 @@ def engine_section(e: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def routing_section(r: dict[str, Any]) -> str:
+    """Round-robin vs prefix-affine over several replicas (``benchmarks.routing_bench``)."""
+    out = [
+        f"**A simulation of the endpoint picker's policy, not the picker** ({r.get('what', '')}); "
+        f"{r.get('model', '?')}. Each policy gets fresh replicas, each warmed with one request."
+    ]
+    for run in r.get("runs", []):
+        w = run["workload"]
+        rows = []
+        for name, p in run["policies"].items():
+            if "error" in p:
+                rows.append(_could_not_run(name, p["error"], 7))
+                continue
+            rows.append(
+                [
+                    name,
+                    " / ".join(_f(x, 2) for x in p["ttft_p50_s_per_step"]),
+                    _f(p["ttft_p50_s_step3_on"], 2),
+                    _f(p["output_tokens_per_s"], 1),
+                    " / ".join(str(n) for n in p.get("requests_per_replica", [])),
+                    " / ".join(_f(x, 2) for x in p.get("prefix_hit_ratio_per_replica", [])),
+                    p["errors"],
+                ]
+            )
+        out.append(
+            f"\n### {run['name']}\n\n{w['replicas']} replicas on loopback, {w['sessions']} concurrent sessions, "
+            f"a {w['system_prompt_tokens']}-token system prompt they share, {w['steps']} steps whose history "
+            f"grows by the step's user message and a {w['reply_tokens']}-token assistant reply, "
+            f"{w['output_tokens']} output tokens per step, streamed.\n"
+        )
+        header = ["policy", "TTFT p50 s per step", "TTFT p50 s, step 3+", "out tok/s", "requests per replica",
+                  "prefix-hit ratio per replica", "errors"]  # fmt: skip
+        out.append(table(header, rows))
+        out.append("\n" + _ratio_lines(run.get("ratios", {})))
+    return "\n".join(out)
+
+
 def render(data: dict[str, Any], docs: Path, notes: Path | None) -> str:
     img = docs / "img"
     img.mkdir(parents=True, exist_ok=True)
@@ -491,6 +528,12 @@ def render(data: dict[str, Any], docs: Path, notes: Path | None) -> str:
     if "engine" in data:
         parts.append(
             "## Engine: token budget, KV pool, prefix reuse\n\n" + engine_section(data["engine"]) + "\n"
+        )
+    if "routing" in data:
+        parts.append(
+            "## Routing across replicas: what prefix affinity is worth\n\n"
+            + routing_section(data["routing"])
+            + "\n"
         )
     if "agent" in data:
         parts.append("## Phone-agent workload (images)\n\n" + agent_section(data["agent"]) + "\n")
