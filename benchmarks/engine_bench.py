@@ -98,6 +98,7 @@ async def agent_run(
     route: Router = router or _Only()
     workload = Workload(prompt="", endpoint="chat", backend=backend, timeout_s=900)
     ttft: list[list[float]] = [[] for _ in range(steps)]
+    e2e: list[list[float]] = [[] for _ in range(steps)]
     tokens = 0
     errors: list[str] = []
 
@@ -133,6 +134,7 @@ async def agent_run(
                 errors.append(result.error or "no token")
                 return
             ttft[s].append(result.ttft_s)
+            e2e[s].append(result.e2e_s)
             tokens += result.output_tokens
             history += [b["messages"][-1], {"role": "assistant", "content": answer}]
 
@@ -154,7 +156,14 @@ async def agent_run(
         "ttft_p50_s_per_step": [round(percentile(s, 50), 3) if s else None for s in ttft],
         "ttft_p50_s_step3_on": round(percentile(late, 50), 3) if late else None,
         "ttft_p50_s": round(percentile([t for s in ttft for t in s], 50), 3),
-        **({"requests_per_replica": sent} if len(bases) > 1 else {}),
+        **(
+            {
+                "requests_per_replica": sent,
+                "step_p50_s_step3_on": round(percentile([t for s in e2e[2:] for t in s], 50), 3),
+            }
+            if len(bases) > 1
+            else {}
+        ),
     }
 
 

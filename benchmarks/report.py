@@ -460,7 +460,7 @@ def engine_section(e: dict[str, Any]) -> str:
 def routing_section(r: dict[str, Any]) -> str:
     """Round-robin vs prefix-affine over several replicas (``benchmarks.routing_bench``)."""
     out = [
-        f"**A simulation of the endpoint picker's policy, not the picker** ({r.get('what', '')}); "
+        f"**{r.get('what', 'a simulation of the policy, not the picker').capitalize()}**; "
         f"{r.get('model', '?')}. Each policy gets fresh replicas, each warmed with one request."
     ]
     for run in r.get("runs", []):
@@ -468,13 +468,14 @@ def routing_section(r: dict[str, Any]) -> str:
         rows = []
         for name, p in run["policies"].items():
             if "error" in p:
-                rows.append(_could_not_run(name, p["error"], 7))
+                rows.append(_could_not_run(name, p["error"], 8))
                 continue
             rows.append(
                 [
                     name,
                     " / ".join(_f(x, 2) for x in p["ttft_p50_s_per_step"]),
                     _f(p["ttft_p50_s_step3_on"], 2),
+                    _f(p.get("step_p50_s_step3_on"), 2),
                     _f(p["output_tokens_per_s"], 1),
                     " / ".join(str(n) for n in p.get("requests_per_replica", [])),
                     " / ".join(_f(x, 2) for x in p.get("prefix_hit_ratio_per_replica", [])),
@@ -487,8 +488,8 @@ def routing_section(r: dict[str, Any]) -> str:
             f"grows by the step's user message and a {w['reply_tokens']}-token assistant reply, "
             f"{w['output_tokens']} output tokens per step, streamed.\n"
         )
-        header = ["policy", "TTFT p50 s per step", "TTFT p50 s, step 3+", "out tok/s", "requests per replica",
-                  "prefix-hit ratio per replica", "errors"]  # fmt: skip
+        header = ["policy", "TTFT p50 s per step", "TTFT p50 s, step 3+", "step p50 s, step 3+", "out tok/s",
+                  "requests per replica", "prefix-hit ratio per replica", "errors"]  # fmt: skip
         out.append(table(header, rows))
         out.append("\n" + _ratio_lines(run.get("ratios", {})))
     return "\n".join(out)

@@ -75,7 +75,7 @@ def test_routing_section_reports_both_policies_and_the_ratio(tmp_path: Path) -> 
         },
         "ratios": {"ttft p50 from step 3, round-robin / prefix-affine": 3.5},
     }  # fmt: skip
-    result = {"what": "a simulation", "model": "random GLM", "runs": [run],
+    result = {"what": "a simulation of the policy, not the picker", "model": "random GLM", "runs": [run],
               "targets": [{"name": "routing", "status": "PASS"}]}  # fmt: skip
     text = routing_section(result)
     assert "not the picker" in text
