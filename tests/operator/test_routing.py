@@ -160,6 +160,12 @@ def test_picker_is_restricted_like_everything_else_and_reads_only() -> None:
     assert container["resources"]["limits"]["memory"]
     assert spec["serviceAccountName"] == "glm-epp"
     args = container["args"]
+    assert "--secure-serving=false" not in args  # llm-d's default: ext-proc over TLS
+    plain = run(routed(inferencePool={"enabled": True, "endpointPicker": {"secureServing": False}}))
+    assert (
+        "--secure-serving=false"
+        in find(plain, "Deployment", "glm-epp")["spec"]["template"]["spec"]["containers"][0]["args"]
+    )
     assert args[args.index("--pool-name") + 1] == "glm"
     assert args[args.index("--pool-namespace") + 1] == "ml"
     role = find(r, "Role", "glm-epp")

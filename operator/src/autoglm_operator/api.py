@@ -629,6 +629,12 @@ class EndpointPickerSpec(ApiModel):
         description="What the gateway does when the picker does not answer: FailOpen sends the request to "
         "any pod of the pool, FailClose refuses it.",
     )
+    secure_serving: StrictBool = Field(
+        True,
+        description="Serve the gateway's ext-proc calls over TLS with the picker's self-signed certificate "
+        "(llm-d's default; Istio then needs a DestinationRule with tls.mode SIMPLE for the picker's Service); "
+        "false for gateways that call it in plaintext (agentgateway).",
+    )
     requests: ComputeResources = Field(
         default_factory=lambda: ComputeResources(cpu="1", memory="1Gi"),
         description="Picker container requests.",

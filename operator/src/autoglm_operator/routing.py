@@ -147,6 +147,7 @@ def context(
         "--zap-encoder", "json",
         "--tracing=false",
         "--metrics-endpoint-auth=false",
+        *([] if picker.secure_serving else ["--secure-serving=false"]),
     ]  # fmt: skip
     route = spec.routing.http_route
     ctx: dict[str, Any] = {
