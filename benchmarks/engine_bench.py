@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import math
+import random
 import tempfile
 import time
 from collections.abc import Sequence
@@ -90,10 +91,13 @@ async def agent_run(
     *,
     router: Router | None = None,
     answer: str = FIXED_ANSWER,
+    think_s: float = 0.0,
 ) -> dict[str, Any]:
     """The agent workload against one server, or several behind ``router`` (every one warmed once).
 
-    ``answer`` is the assistant turn each step adds to the history (the agent's reply)."""
+    ``answer`` is the assistant turn each step adds to the history (the agent's reply); ``think_s``
+    is the mean pause between a reply and the next step (the phone acting and taking a screenshot),
+    drawn per step from 0.5x..1.5x of it with a fixed seed per session."""
     bases = [base] if isinstance(base, str) else list(base)
     route: Router = router or _Only()
     workload = Workload(prompt="", endpoint="chat", backend=backend, timeout_s=900)
@@ -122,7 +126,10 @@ async def agent_run(
     async def session(clients: list[httpx.AsyncClient], n: int) -> None:
         nonlocal tokens
         history: list[dict[str, str]] = []
+        pauses = random.Random(n)
         for s in range(steps):
+            if s and think_s:
+                await asyncio.sleep(think_s * pauses.uniform(0.5, 1.5))
             b = body(history, n, s)
             replica = route.pick(b["messages"])
             sent[replica] += 1

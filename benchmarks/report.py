@@ -486,7 +486,13 @@ def routing_section(r: dict[str, Any]) -> str:
             f"\n### {run['name']}\n\n{w['replicas']} replicas on loopback, {w['sessions']} concurrent sessions, "
             f"a {w['system_prompt_tokens']}-token system prompt they share, {w['steps']} steps whose history "
             f"grows by the step's user message and a {w['reply_tokens']}-token assistant reply, "
-            f"{w['output_tokens']} output tokens per step, streamed.\n"
+            f"{w['output_tokens']} output tokens per step, streamed"
+            + (
+                f"; {w['think_s']:g} s (0.5x..1.5x) between a reply and the next step"
+                if w.get("think_s")
+                else ""
+            )
+            + ".\n"
         )
         header = ["policy", "TTFT p50 s per step", "TTFT p50 s, step 3+", "step p50 s, step 3+", "out tok/s",
                   "requests per replica", "prefix-hit ratio per replica", "errors"]  # fmt: skip

@@ -122,7 +122,14 @@ def prefix_counters(base: str) -> tuple[float, float]:
 
 
 def run_policy(
-    policy: str, args: argparse.Namespace, model: Path, system: str, answer: str, steps: int, log_dir: Path
+    policy: str,
+    args: argparse.Namespace,
+    model: Path,
+    system: str,
+    answer: str,
+    steps: int,
+    think_s: float,
+    log_dir: Path,
 ) -> dict[str, Any]:
     common = [*SERVED, "--max-input-tokens", "8192", "--max-new-tokens", "64"]
     specs = [
@@ -142,6 +149,7 @@ def run_policy(
                 args.output_tokens,
                 router=POLICIES[policy](args.replicas),
                 answer=answer,
+                think_s=think_s,
             )
         )
         after = [prefix_counters(b) for b in bases]
@@ -215,7 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--system-tokens", type=int, default=1500)
     p.add_argument("--output-tokens", type=int, default=16)
-    p.add_argument("--reply-steps", type=int, default=10, help="steps of the second run")
+    p.add_argument("--reply-steps", type=int, default=10, help="steps of the second and third runs")
+    p.add_argument(
+        "--think-s",
+        type=float,
+        default=2.0,
+        help="third run: mean pause between a reply and the next step (0: no third run)",
+    )
     p.add_argument(
         "--reply-tokens",
         type=int,
@@ -231,15 +245,19 @@ def main(argv: list[str] | None = None) -> int:
     model = build_random_glm(Path(tempfile.mkdtemp(prefix="routing-bench-glm-")), target_params=30_000_000)
     tokenizer = AutoTokenizer.from_pretrained(model)
     system = _text_of_tokens(tokenizer, args.system_tokens)
-    workloads = {"engine_bench agent": (FIXED_ANSWER, args.steps)}
+    workloads: dict[str, tuple[str, int, float]] = {"engine_bench agent": (FIXED_ANSWER, args.steps, 0.0)}
     if args.reply_tokens:
         # What the phone agent's history really holds per step: the model's <think> reasoning and its
         # action (a few hundred tokens), not engine_bench's one-line answer.
         thinking = _text_of_tokens(tokenizer, args.reply_tokens).replace("Rule", "Observation")
-        workloads[f"agent, {args.reply_tokens}-token replies"] = (
-            f"<think>{thinking}</think><answer>{FIXED_ANSWER}</answer>",
-            args.reply_steps,
-        )
+        reply = f"<think>{thinking}</think><answer>{FIXED_ANSWER}</answer>"
+        workloads[f"agent, {args.reply_tokens}-token replies"] = (reply, args.reply_steps, 0.0)
+        if args.think_s:
+            workloads[f"agent, {args.reply_tokens}-token replies, {args.think_s:g} s between steps"] = (
+                reply,
+                args.reply_steps,
+                args.think_s,
+            )
     log_dir = args.out.parent / "logs-routing"
     results: dict[str, Any] = {
         "what": "a simulation of the endpoint picker's prefix policy in the load generator, not the picker",
@@ -247,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m benchmarks.routing_bench",
         "runs": [],
     }
-    for name, (answer, steps) in workloads.items():
+    for name, (answer, steps, think_s) in workloads.items():
         run: dict[str, Any] = {
             "name": name,
             "workload": {
@@ -257,11 +275,12 @@ def main(argv: list[str] | None = None) -> int:
                 "system_prompt_tokens": len(tokenizer(system)["input_ids"]),
                 "reply_tokens": len(tokenizer(answer)["input_ids"]),
                 "output_tokens": args.output_tokens,
+                "think_s": think_s,
             },
             "policies": {},
         }
         for policy in POLICIES:  # one after the other: side by side they would share the CPU
-            run["policies"][policy] = run_policy(policy, args, model, system, answer, steps, log_dir)
+            run["policies"][policy] = run_policy(policy, args, model, system, answer, steps, think_s, log_dir)
             print(name, policy, json.dumps(run["policies"][policy]), flush=True)
         run["ratios"] = compare(run["policies"])
         results["runs"].append(run)
