@@ -230,6 +230,9 @@ def test_the_operator_knows_every_routing_kind() -> None:
         assert kind in APPLY_ORDER
         assert kind in PRUNABLE
     assert {"InferencePool", "HTTPRoute"} <= OPTIONAL_KINDS
+    # the picker's ServiceAccount and rights exist before its pods; the route after the pool
+    assert APPLY_ORDER.index("RoleBinding") < APPLY_ORDER.index("Deployment")
+    assert APPLY_ORDER.index("InferencePool") < APPLY_ORDER.index("HTTPRoute")
     assert crd_schema("inference.networking.k8s.io/v1", "InferencePool")["properties"]["spec"]
 
 

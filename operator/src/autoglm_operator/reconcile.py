@@ -49,14 +49,15 @@ APPLY_ORDER = (
     "ConfigMap",
     "PersistentVolumeClaim",
     "Service",
+    # spec.routing: the endpoint picker's identity and rights before its pods
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
     "Deployment",
     "HorizontalPodAutoscaler",
     "PodDisruptionBudget",
     "ServiceMonitor",
-    # spec.routing: the picker's identity and rights before its pods, the pool and route last
-    "ServiceAccount",
-    "Role",
-    "RoleBinding",
+    # spec.routing: the pool over the pods, then the route to it
     "InferencePool",
     "HTTPRoute",
 )
