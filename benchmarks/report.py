@@ -461,7 +461,7 @@ def routing_section(r: dict[str, Any]) -> str:
     """Round-robin vs prefix-affine over several replicas (``benchmarks.routing_bench``)."""
     out = [
         f"**{r.get('what', 'a simulation of the policy, not the picker').capitalize()}**; "
-        f"{r.get('model', '?')}. Each policy gets fresh replicas, each warmed with one request."
+        f"{r.get('model', '?')}. Each policy gets fresh replicas, each warmed with one request; policies alternate over rounds and the fastest round of each is shown."
     ]
     for run in r.get("runs", []):
         w = run["workload"]
@@ -498,6 +498,10 @@ def routing_section(r: dict[str, Any]) -> str:
                   "requests per replica", "prefix-hit ratio per replica", "errors"]  # fmt: skip
         out.append(table(header, rows))
         out.append("\n" + _ratio_lines(run.get("ratios", {})))
+        per_round = run.get("ttft_p50_s_step3_on_per_round")
+        if per_round:
+            shown = "; ".join(f"{p} " + " / ".join(_f(x, 2) for x in v) for p, v in per_round.items())
+            out.append(f"- TTFT p50 s from step 3 per round (the fastest is in the table): {shown}")
     return "\n".join(out)
 
 

@@ -15,8 +15,9 @@ b. prefix-affine — what the picker's approximate prefix scorer does: the reque
 Workload: the text agent of ``engine_bench`` (``--sessions`` concurrent sessions, a shared
 ~1,500-token system prompt, ``--steps`` steps whose history grows, ``--output-tokens`` forced), on
 the same random ~30 M-parameter GLM, fp32, 1 torch thread per replica. Each policy gets 3 fresh
-replicas (no cache carried over), each warmed with one request of the system prompt. Reported per
-policy: TTFT p50 from step 3 on, output tokens/s, requests and prefix-cache hit ratio per replica
+replicas (no cache carried over), each warmed with one request of the system prompt; the policies
+run one after the other, ``--rounds`` times in alternating order, and per policy the round with
+the lowest TTFT p50 is kept (the others are listed). Reported per policy: TTFT p50 from step 3 on, output tokens/s, requests and prefix-cache hit ratio per replica
 (from each replica's ``/metrics``; the warm-up request is included).
 
 ``python -m benchmarks.routing_bench --out bench-results/routing.json``
@@ -223,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--system-tokens", type=int, default=1500)
     p.add_argument("--output-tokens", type=int, default=16)
+    p.add_argument("--rounds", type=int, default=2, help="runs per policy, alternating; the fastest is kept")
     p.add_argument("--reply-steps", type=int, default=10, help="steps of the second and third runs")
     p.add_argument(
         "--think-s",
@@ -279,9 +281,21 @@ def main(argv: list[str] | None = None) -> int:
             },
             "policies": {},
         }
-        for policy in POLICIES:  # one after the other: side by side they would share the CPU
-            run["policies"][policy] = run_policy(policy, args, model, system, answer, steps, think_s, log_dir)
-            print(name, policy, json.dumps(run["policies"][policy]), flush=True)
+        # One policy after the other (side by side they would share the CPU), in alternating order
+        # each round; per policy the round with the lowest TTFT p50 is kept (noise only slows down).
+        rounds: dict[str, list[float | None]] = {p: [] for p in POLICIES}
+        for r in range(args.rounds):
+            for policy in list(POLICIES)[:: 1 if r % 2 == 0 else -1]:
+                result = run_policy(policy, args, model, system, answer, steps, think_s, log_dir)
+                print(name, f"round {r}", policy, json.dumps(result), flush=True)
+                rounds[policy].append(result.get("ttft_p50_s_step3_on"))
+                kept = run["policies"].get(policy)
+                if kept is None or (result.get("ttft_p50_s_step3_on") or 1e9) < (
+                    kept.get("ttft_p50_s_step3_on") or 1e9
+                ):
+                    run["policies"][policy] = result
+        run["policies"] = {p: run["policies"][p] for p in POLICIES}
+        run["ttft_p50_s_step3_on_per_round"] = rounds
         run["ratios"] = compare(run["policies"])
         results["runs"].append(run)
     results["targets"] = routing_targets(results["runs"], args.replicas)
