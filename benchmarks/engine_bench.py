@@ -27,10 +27,12 @@ import asyncio
 import contextlib
 import json
 import math
+import random
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -58,11 +60,49 @@ def _text_of_tokens(tokenizer: Any, tokens: int) -> str:
 
 
 # --- 1. prefix reuse on an agent workload ------------------------------------------------------------
+class Router(Protocol):
+    """Picks the replica for each request (``benchmarks.routing_bench``); one replica needs none."""
+
+    def pick(self, messages: list[dict[str, str]]) -> int: ...
+
+    def done(self, replica: int) -> None: ...
+
+    def warmed(self, replica: int, messages: list[dict[str, str]]) -> None: ...
+
+
+class _Only:
+    def pick(self, messages: list[dict[str, str]]) -> int:
+        return 0
+
+    def done(self, replica: int) -> None:
+        return None
+
+    def warmed(self, replica: int, messages: list[dict[str, str]]) -> None:
+        return None
+
+
 async def agent_run(
-    base: str, backend: str, system: str, sessions: int, steps: int, output_tokens: int
+    base: str | Sequence[str],
+    backend: str,
+    system: str,
+    sessions: int,
+    steps: int,
+    output_tokens: int,
+    *,
+    router: Router | None = None,
+    answer: str = FIXED_ANSWER,
+    think_s: float = 0.0,
 ) -> dict[str, Any]:
+    """The agent workload against one server, or several behind ``router`` (every one warmed once).
+
+    ``answer`` is the assistant turn each step adds to the history (the agent's reply); ``think_s``
+    is the mean pause between a reply and the next step (the phone acting and taking a screenshot),
+    drawn per step from 0.5x..1.5x of it with a fixed seed per session."""
+    bases = [base] if isinstance(base, str) else list(base)
+    route: Router = router or _Only()
     workload = Workload(prompt="", endpoint="chat", backend=backend, timeout_s=900)
     ttft: list[list[float]] = [[] for _ in range(steps)]
+    e2e: list[list[float]] = [[] for _ in range(steps)]
     tokens = 0
     errors: list[str] = []
 
@@ -81,23 +121,38 @@ async def agent_run(
         b.update(BACKENDS[backend].force_length(output_tokens))
         return b
 
-    async def session(client: httpx.AsyncClient, n: int) -> None:
+    sent = [0] * len(bases)
+
+    async def session(clients: list[httpx.AsyncClient], n: int) -> None:
         nonlocal tokens
         history: list[dict[str, str]] = []
+        pauses = random.Random(n)
         for s in range(steps):
+            if s and think_s:
+                await asyncio.sleep(think_s * pauses.uniform(0.5, 1.5))
             b = body(history, n, s)
-            result = await send_request(client, workload, b)
+            replica = route.pick(b["messages"])
+            sent[replica] += 1
+            try:
+                result = await send_request(clients[replica], workload, b)
+            finally:
+                route.done(replica)
             if not result.ok or result.ttft_s is None:
                 errors.append(result.error or "no token")
                 return
             ttft[s].append(result.ttft_s)
+            e2e[s].append(result.e2e_s)
             tokens += result.output_tokens
-            history += [b["messages"][-1], {"role": "assistant", "content": FIXED_ANSWER}]
+            history += [b["messages"][-1], {"role": "assistant", "content": answer}]
 
-    async with httpx.AsyncClient(base_url=base, timeout=900) as client:
-        await send_request(client, workload, body([], 99, 0))  # warm-up (another session: no shared history)
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(httpx.AsyncClient(base_url=b, timeout=900)) for b in bases]
+        for i, client in enumerate(clients):  # warm-up (another session: no shared history)
+            warm = body([], 99, 0)
+            await send_request(client, workload, warm)
+            route.warmed(i, warm["messages"])
         started = time.perf_counter()
-        await asyncio.gather(*(session(client, n) for n in range(sessions)))
+        await asyncio.gather(*(session(clients, n) for n in range(sessions)))
         duration = time.perf_counter() - started
     late = [t for s in ttft[2:] for t in s]
     return {
@@ -108,6 +163,14 @@ async def agent_run(
         "ttft_p50_s_per_step": [round(percentile(s, 50), 3) if s else None for s in ttft],
         "ttft_p50_s_step3_on": round(percentile(late, 50), 3) if late else None,
         "ttft_p50_s": round(percentile([t for s in ttft for t in s], 50), 3),
+        **(
+            {
+                "requests_per_replica": sent,
+                "step_p50_s_step3_on": round(percentile([t for s in e2e[2:] for t in s], 50), 3),
+            }
+            if len(bases) > 1
+            else {}
+        ),
     }
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from benchmarks.targets import fmt_number
 
 REPO = Path(__file__).resolve().parent.parent
-PARTS = ("runtime", "overhead", "engine", "operator", "agent")
+PARTS = ("runtime", "overhead", "engine", "routing", "operator", "agent")
 
 
 def load(results: Path) -> dict[str, Any]:
@@ -457,6 +457,54 @@ def engine_section(e: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def routing_section(r: dict[str, Any]) -> str:
+    """Round-robin vs prefix-affine over several replicas (``benchmarks.routing_bench``)."""
+    out = [
+        f"**{r.get('what', 'a simulation of the policy, not the picker').capitalize()}**; "
+        f"{r.get('model', '?')}. Each policy gets fresh replicas, each warmed with one request; policies alternate over rounds and the fastest round of each is shown."
+    ]
+    for run in r.get("runs", []):
+        w = run["workload"]
+        rows = []
+        for name, p in run["policies"].items():
+            if "error" in p:
+                rows.append(_could_not_run(name, p["error"], 8))
+                continue
+            rows.append(
+                [
+                    name,
+                    " / ".join(_f(x, 2) for x in p["ttft_p50_s_per_step"]),
+                    _f(p["ttft_p50_s_step3_on"], 2),
+                    _f(p.get("step_p50_s_step3_on"), 2),
+                    _f(p["output_tokens_per_s"], 1),
+                    " / ".join(str(n) for n in p.get("requests_per_replica", [])),
+                    " / ".join(_f(x, 2) for x in p.get("prefix_hit_ratio_per_replica", [])),
+                    p["errors"],
+                ]
+            )
+        out.append(
+            f"\n### {run['name']}\n\n{w['replicas']} replicas on loopback, {w['sessions']} concurrent sessions, "
+            f"a {w['system_prompt_tokens']}-token system prompt they share, {w['steps']} steps whose history "
+            f"grows by the step's user message and a {w['reply_tokens']}-token assistant reply, "
+            f"{w['output_tokens']} output tokens per step, streamed"
+            + (
+                f"; {w['think_s']:g} s (0.5x..1.5x) between a reply and the next step"
+                if w.get("think_s")
+                else ""
+            )
+            + ".\n"
+        )
+        header = ["policy", "TTFT p50 s per step", "TTFT p50 s, step 3+", "step p50 s, step 3+", "out tok/s",
+                  "requests per replica", "prefix-hit ratio per replica", "errors"]  # fmt: skip
+        out.append(table(header, rows))
+        out.append("\n" + _ratio_lines(run.get("ratios", {})))
+        per_round = run.get("ttft_p50_s_step3_on_per_round")
+        if per_round:
+            shown = "; ".join(f"{p} " + " / ".join(_f(x, 2) for x in v) for p, v in per_round.items())
+            out.append(f"- TTFT p50 s from step 3 per round (the fastest is in the table): {shown}")
+    return "\n".join(out)
+
+
 def render(data: dict[str, Any], docs: Path, notes: Path | None) -> str:
     img = docs / "img"
     img.mkdir(parents=True, exist_ok=True)
@@ -491,6 +539,12 @@ def render(data: dict[str, Any], docs: Path, notes: Path | None) -> str:
     if "engine" in data:
         parts.append(
             "## Engine: token budget, KV pool, prefix reuse\n\n" + engine_section(data["engine"]) + "\n"
+        )
+    if "routing" in data:
+        parts.append(
+            "## Routing across replicas: what prefix affinity is worth\n\n"
+            + routing_section(data["routing"])
+            + "\n"
         )
     if "agent" in data:
         parts.append("## Phone-agent workload (images)\n\n" + agent_section(data["agent"]) + "\n")

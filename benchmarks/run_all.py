@@ -25,7 +25,10 @@ def main() -> int:
     p.add_argument("--soak-seconds", type=float, default=120.0)
     p.add_argument("--bursts", type=int, nargs="+", default=[100, 1000])
     p.add_argument(
-        "--skip", nargs="*", default=[], choices=["overhead", "runtime", "engine", "agent", "operator"]
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["overhead", "runtime", "engine", "routing", "agent", "operator"],
     )
     args = p.parse_args()
     args.results.mkdir(parents=True, exist_ok=True)
@@ -35,6 +38,7 @@ def main() -> int:
         "overhead": [py, "-m", "benchmarks.overhead_bench", "--out", str(r / "overhead.json")],
         "runtime": [py, "-m", "benchmarks.runtime_bench", "--out", str(r / "runtime.json")],
         "engine": [py, "-m", "benchmarks.engine_bench", "--out", str(r / "engine.json")],
+        "routing": [py, "-m", "benchmarks.routing_bench", "--out", str(r / "routing.json")],
         "agent": [py, "-m", "benchmarks.agent_bench", "--out", str(r / "agent.json")],
         "operator": [
             py, "-m", "benchmarks.operator_bench", "--out", str(r / "operator.json"),

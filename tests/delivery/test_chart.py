@@ -382,7 +382,7 @@ def test_what_the_operator_renders_runs_on_the_oldest_supported_kubernetes() -> 
     minimum = tuple(int(x) for x in KUBE_VERSION.split(".")[:2])
     for golden in sorted((REPO / "tests" / "operator" / "golden").glob("*.yaml")):
         for obj in yaml.safe_load_all(golden.read_text()):
-            if not obj or obj["kind"] == "ServiceMonitor":  # a CRD kind: no built-in schema
+            if not obj or obj["kind"] in ("ServiceMonitor", "InferencePool", "HTTPRoute"):  # CRD kinds
                 continue
             kubernetes_validate.validate(obj, KUBE_VERSION.rsplit(".", 1)[0], strict=True)
             if obj["kind"] != "Deployment":
@@ -390,4 +390,21 @@ def test_what_the_operator_renders_runs_on_the_oldest_supported_kubernetes() -> 
             for container in obj["spec"]["template"]["spec"]["containers"]:
                 if "sleep" in ((container.get("lifecycle") or {}).get("preStop") or {}):
                     need = FEATURE_MINORS["lifecycle.preStop.sleep"]
-                    assert minimum >= need, f"{golden.name}: preStop.sleep needs {need}, chart allows {minimum}"
+                    assert minimum >= need, (
+                        f"{golden.name}: preStop.sleep needs {need}, chart allows {minimum}"
+                    )
+
+
+@pytest.mark.parametrize("name", ["default", "namespaced"])
+def test_rbac_holds_every_right_the_endpoint_picker_role_grants(render, name: str) -> None:
+    """The API server refuses a Role granting rights its creator does not hold (escalation
+    prevention); the operator has no ``escalate``/``bind``, so it must hold the picker's rights."""
+    from autoglm_operator.routing import PICKER_RULES
+
+    objects = render(VALUE_SETS.get(name, {}))
+    kinds = ("ClusterRole",) if name == "default" else ("Role",)
+    for rule in PICKER_RULES:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                held = grants(objects, group, resource, kinds)
+                assert set(rule["verbs"]) <= held, f"{group}/{resource}: holds {held}"

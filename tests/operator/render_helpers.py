@@ -150,6 +150,13 @@ def third_party_schemas() -> dict[tuple[str, str], dict[str, Any]]:
     return out
 
 
+def crd_schema(api_version: str, kind: str) -> dict[str, Any]:
+    """The closed ``openAPIV3Schema`` of a released third-party CRD (skips when ../shared is absent)."""
+    if not SHARED_CRDS.is_dir():
+        pytest.skip(f"{SHARED_CRDS} (the released third-party CRDs) is not beside the repository")
+    return third_party_schemas()[(api_version, kind)]
+
+
 def validate_object(obj: dict[str, Any]) -> None:
     """Raise when ``obj`` is not a valid object: Kubernetes' own schemas (strict: no unknown fields)
     for built-in kinds, the released CRDs in ../shared/crds (closed the same way) for third-party

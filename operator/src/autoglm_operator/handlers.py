@@ -58,6 +58,12 @@ WATCHED_CHILDREN = (
     "PodDisruptionBudget",
     "PersistentVolumeClaim",
     "ServiceMonitor",
+    # spec.routing
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+    "InferencePool",
+    "HTTPRoute",
 )
 CHILD_SELECTOR = f"app.kubernetes.io/managed-by={labels.MANAGED_BY}"
 RESYNC_JITTER = 0.1  # ± fraction of the resync period

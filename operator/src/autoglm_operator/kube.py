@@ -85,6 +85,12 @@ KINDS: dict[str, Kind] = {
         Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
         Kind("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors"),
         Kind("keda.sh/v1alpha1", "ScaledObject", "scaledobjects"),
+        # spec.routing: the endpoint picker's identity and RBAC, the pool, the route
+        Kind("v1", "ServiceAccount", "serviceaccounts"),
+        Kind("rbac.authorization.k8s.io/v1", "Role", "roles"),
+        Kind("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings"),
+        Kind("inference.networking.k8s.io/v1", "InferencePool", "inferencepools"),
+        Kind("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes"),
         Kind(api.API_VERSION, api.KIND, api.PLURAL),
     )
 }

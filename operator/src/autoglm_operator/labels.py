@@ -17,6 +17,11 @@ APP_NAME = "autoglm-runtime"
 PART_OF = "autoglm"
 MANAGED_BY = "autoglm-operator"
 COMPONENT = "inference"
+PICKER_APP_NAME = "autoglm-endpoint-picker"
+PICKER_COMPONENT = "endpoint-picker"
+# The label llm-d's core-metrics-extractor reads to find a pod's engine (its engineConfigs entry).
+ENGINE_TYPE_LABEL = "llm-d.ai/engine-type"
+ENGINE_TYPE = "autoglm"
 
 _LABEL_VALUE_MAX = 63
 _LABEL_VALUE_BAD = re.compile(r"[^A-Za-z0-9._-]")
@@ -46,6 +51,21 @@ def common_labels(instance: str, version: str) -> dict[str, str]:
     return labels
 
 
+def picker_selector_labels(instance: str) -> dict[str, str]:
+    """Labels that select one CR's endpoint-picker pods (never its runtime pods: another name)."""
+    return {"app.kubernetes.io/name": PICKER_APP_NAME, "app.kubernetes.io/instance": instance}
+
+
+def picker_labels(instance: str, version: str) -> dict[str, str]:
+    """Labels on the endpoint picker's objects and pods: the runtime's Service, Deployment and
+    InferencePool select ``app.kubernetes.io/name=autoglm-runtime`` and so never the picker's pods."""
+    return {
+        **common_labels(instance, version),
+        **picker_selector_labels(instance),
+        "app.kubernetes.io/component": PICKER_COMPONENT,
+    }
+
+
 def selector_string(instance: str) -> str:
     """The pods' label selector as ``status.selector`` (scale subresource) wants it."""
     return ",".join(f"{k}={v}" for k, v in selector_labels(instance).items())
@@ -65,6 +85,11 @@ def settings_name(cr_name: str) -> str:
 
 def cache_claim_name(cr_name: str) -> str:
     return f"{cr_name}-model-cache"
+
+
+def picker_name(cr_name: str) -> str:
+    """The endpoint picker's Deployment, Service, ServiceAccount, Role, RoleBinding and ConfigMap."""
+    return f"{cr_name}-epp"
 
 
 def owner_reference(cr: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -150,12 +150,25 @@ def image_ref(spec: AutoGLMDeploymentSpec, operator_version: str) -> str:
 
 def resources(spec: AutoGLMDeploymentSpec, *, gpu: bool) -> dict[str, Any]:
     r = spec.resources
-    requests = {k: v for k, v in (("cpu", r.requests.cpu), ("memory", r.requests.memory)) if v is not None}
-    limits: dict[str, Any] = {
-        k: v for k, v in (("cpu", r.limits.cpu), ("memory", r.limits.memory)) if v is not None
+    extra = {r.gpu.resource_name: r.gpu.count} if gpu and r.gpu.count > 0 else {}
+    # extended resources: the limit is the request
+    return compute_resources(r.requests, r.limits, extra_limits=extra)
+
+
+def compute_resources(
+    requests_spec: api.ComputeResources,
+    limits_spec: api.ComputeResources,
+    *,
+    extra_limits: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A container's ``resources`` from the spec's cpu/memory requests and limits."""
+    requests = {
+        k: v for k, v in (("cpu", requests_spec.cpu), ("memory", requests_spec.memory)) if v is not None
     }
-    if gpu and r.gpu.count > 0:
-        limits[r.gpu.resource_name] = r.gpu.count  # extended resources: the limit is the request
+    limits: dict[str, Any] = {
+        k: v for k, v in (("cpu", limits_spec.cpu), ("memory", limits_spec.memory)) if v is not None
+    }
+    limits.update(extra_limits or {})
     out: dict[str, Any] = {}
     if requests:
         out["requests"] = requests
@@ -316,3 +329,22 @@ def disruption_budget(spec: AutoGLMDeploymentSpec, replicas: int | None) -> dict
         "min_available": None,
         "max_unavailable": pdb.max_unavailable if pdb.max_unavailable is not None else 1,
     }
+
+
+CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def pod_security_context(run_as: int, *, fs_group: bool = True) -> dict[str, Any]:
+    """Restricted pod security: non-root as ``run_as``, seccomp RuntimeDefault (and an fsGroup for volumes)."""
+    ctx: dict[str, Any] = {"runAsNonRoot": True, "runAsUser": run_as, "runAsGroup": run_as}
+    if fs_group:
+        ctx["fsGroup"] = run_as
+        ctx["fsGroupChangePolicy"] = "OnRootMismatch"  # large cache volumes: no chown walk per start
+    ctx["seccompProfile"] = {"type": "RuntimeDefault"}
+    return ctx

@@ -33,7 +33,7 @@ from typing import Any
 
 import kopf
 
-from autoglm_operator import api, autoscaling, labels, metrics
+from autoglm_operator import api, autoscaling, labels, metrics, routing
 from autoglm_operator import render as render_mod
 from autoglm_operator.cache import HASH_ANNOTATION, Cache, ChildRecord
 from autoglm_operator.kube import KINDS, ApiError, Kind, Kube, kind_of
@@ -54,11 +54,18 @@ APPLY_ORDER = (
     "ConfigMap",
     "PersistentVolumeClaim",
     "Service",
+    # spec.routing: the endpoint picker's identity and rights before its pods
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
     "Deployment",
     "HorizontalPodAutoscaler",
     "ScaledObject",
     "PodDisruptionBudget",
     "ServiceMonitor",
+    # spec.routing: the pool over the pods, then the route to it
+    "InferencePool",
+    "HTTPRoute",
 )
 # Kinds pruned when the spec no longer wants them (PVCs stay until the CR goes).
 PRUNABLE = (
@@ -69,9 +76,14 @@ PRUNABLE = (
     "ServiceMonitor",
     "Service",
     "ConfigMap",
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+    "InferencePool",
+    "HTTPRoute",
 )
 # Kinds that may be absent from a cluster (a CRD not installed): skipped with a warning.
-OPTIONAL_KINDS = frozenset({"ServiceMonitor", "ScaledObject"})
+OPTIONAL_KINDS = frozenset({"ServiceMonitor", "ScaledObject", "InferencePool", "HTTPRoute"})
 
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 
@@ -337,8 +349,9 @@ def _observation(
     """What the status is computed from, after the applies (some may have failed)."""
     meta = body.get("metadata") or {}
     namespace, name = meta.get("namespace", ""), meta.get("name", "")
-    deployment = next((obj for (k, _), obj in live.items() if k == "Deployment"), None)
-    service = next((o for o in wanted if o["kind"] == "Service"), None)
+    workload = labels.workload_name(name)  # the runtime's, not the endpoint picker's
+    deployment = next((obj for (k, n), obj in live.items() if k == "Deployment" and n == workload), None)
+    service = next((o for o in wanted if o["kind"] == "Service" and o["metadata"]["name"] == workload), None)
     return Observation(
         autoscaling=_autoscaling_view(spec, rendered, live, warnings),
         generation=meta.get("generation"),
@@ -347,8 +360,9 @@ def _observation(
         deployment_skipped_reason=rendered.deployment_skipped_reason,
         deployment=deployment,
         selector=labels.selector_string(name),
-        endpoint=endpoint_url(
-            service["metadata"]["name"] if service else labels.workload_name(name),
+        endpoint=routing.route_endpoint(spec)
+        or endpoint_url(
+            service["metadata"]["name"] if service else workload,
             namespace,
             spec.serving.port,
             tls=spec.serving.tls_secret is not None,

@@ -43,7 +43,7 @@ import jinja2
 import pydantic
 import yaml
 
-from autoglm_operator import api, autoscaling, labels, pod
+from autoglm_operator import api, autoscaling, labels, pod, routing
 from autoglm_operator.api import AutoGLMDeploymentSpec
 from autoglm_operator.memory.types import GIB, GpuInfo, MemoryPlan
 from autoglm_operator.pod import gpu_product_label
@@ -366,6 +366,10 @@ def render(
             )
         )
 
+    if spec.routing.pool_enabled:  # pool and picker even when no pod fits: they follow the CR
+        ctx["routing"] = routing.context(spec, name, namespace, version=version, owner=owner)
+        objects.extend(routing.objects(spec, ctx, _fill))
+
     if spec.monitoring.service_monitor:
         ctx["monitor"] = {
             "interval": spec.monitoring.interval,
@@ -410,7 +414,7 @@ def _workload(
             "replicas": replicas,
             "progress_deadline_seconds": pod.progress_deadline_seconds(spec, plan, fetches=fetch is not None),
             "strategy": pod.strategy(spec),
-            "pod_labels": dict(common),
+            "pod_labels": {**common, **routing.pod_labels(spec)},
             "pod_annotations": {
                 SETTINGS_CHECKSUM_ANNOTATION: checksum,
                 "kubectl.kubernetes.io/default-container": "runtime",
@@ -419,21 +423,8 @@ def _workload(
             + pod.SHUTDOWN_GRACE_SECONDS
             + pod.TERMINATION_MARGIN_SECONDS,
             "prestop_sleep_seconds": pod.PRESTOP_SLEEP_SECONDS,
-            "pod_security_context": {
-                "runAsNonRoot": True,
-                "runAsUser": pod.RUN_AS,
-                "runAsGroup": pod.RUN_AS,
-                "fsGroup": pod.RUN_AS,
-                "fsGroupChangePolicy": "OnRootMismatch",  # large cache volumes: no chown walk per start
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
-            "container_security_context": {
-                "allowPrivilegeEscalation": False,
-                "readOnlyRootFilesystem": True,
-                "runAsNonRoot": True,
-                "capabilities": {"drop": ["ALL"]},
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
+            "pod_security_context": pod.pod_security_context(pod.RUN_AS),
+            "container_security_context": pod.CONTAINER_SECURITY_CONTEXT,
             "priority_class_name": spec.scheduling.priority_class_name,
             "runtime_class_name": spec.scheduling.runtime_class_name,
             "image_pull_secrets": [{"name": n} for n in spec.image.pull_secrets],

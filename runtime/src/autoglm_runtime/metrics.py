@@ -34,6 +34,14 @@ PREFIX_CACHE_QUERIED_TOKENS = "autoglm_prefix_cache_queried_tokens_total"
 PREFIX_CACHE_HIT_TOKENS = "autoglm_prefix_cache_hit_tokens_total"
 PREFIX_CACHE_HIT_RATIO = "autoglm_prefix_cache_hit_ratio"
 PREEMPTIONS_TOTAL = "autoglm_preemptions_total"
+# The model-server protocol of the Gateway API Inference Extension (what an endpoint picker scores
+# on): requests waiting are QUEUE_DEPTH; these are the running requests, the KV-cache usage and the
+# pool's shape. The operator's EndpointPickerConfig names them (autoglm_operator.routing).
+RUNNING_REQUESTS = "autoglm_running_requests"
+KV_CACHE_USAGE = "autoglm_kv_cache_usage_ratio"
+KV_CACHE_CONFIG_INFO = "autoglm_kv_cache_config_info"
+KV_CACHE_BLOCK_SIZE_LABEL = "block_size"
+KV_CACHE_NUM_BLOCKS_LABEL = "num_blocks"
 
 # The names as they appear in /metrics (counters gain ``_total``; histograms ``_bucket/_sum/_count``).
 METRIC_NAMES: tuple[str, ...] = (
@@ -56,6 +64,9 @@ METRIC_NAMES: tuple[str, ...] = (
     PREFIX_CACHE_HIT_TOKENS,
     PREFIX_CACHE_HIT_RATIO,
     PREEMPTIONS_TOTAL,
+    RUNNING_REQUESTS,
+    KV_CACHE_USAGE,
+    KV_CACHE_CONFIG_INFO,
 )
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -116,6 +127,20 @@ class _KvCacheCollector(Collector):
             "Running requests that gave their KV blocks back for lack of room and were recomputed.",
             value=s.preemptions,
         )
+        # Cached blocks count as free (a new request may evict them), as in vLLM's kv_cache_usage_perc.
+        yield GaugeMetricFamily(
+            KV_CACHE_USAGE,
+            "Share of the KV-cache pool's blocks held by running requests (0..1).",
+            value=s.kv_blocks_used / s.kv_blocks_total if s.kv_blocks_total else 0.0,
+        )
+        if s.kv_blocks_total:  # the pool is sized once the model is loaded
+            info = GaugeMetricFamily(
+                KV_CACHE_CONFIG_INFO,
+                "The KV-cache pool's shape as labels: tokens per block and number of blocks (value 1).",
+                labels=[KV_CACHE_BLOCK_SIZE_LABEL, KV_CACHE_NUM_BLOCKS_LABEL],
+            )
+            info.add_metric([str(s.kv_block_size), str(s.kv_blocks_total)], 1.0)
+            yield info
 
 
 class RuntimeMetrics:
@@ -154,6 +179,9 @@ class RuntimeMetrics:
         )
         self.queue_depth = Gauge(QUEUE_DEPTH, "Requests waiting for a batch slot.", registry=r)
         self.inflight = Gauge(INFLIGHT_REQUESTS, "Requests admitted and not finished.", registry=r)
+        self.running = Gauge(
+            RUNNING_REQUESTS, "Requests in the running batch (being prefilled or decoded).", registry=r
+        )
         self.model_load_seconds = Gauge(
             MODEL_LOAD_SECONDS, "Seconds the model took to load and warm up.", registry=r
         )
@@ -180,6 +208,7 @@ class RuntimeMetrics:
         """Read queue depth and in-flight requests from the engine at scrape time."""
         self.queue_depth.set_function(lambda: engine.stats().queue_depth)
         self.inflight.set_function(lambda: engine.stats().inflight)
+        self.running.set_function(lambda: engine.stats().running)
         self.model_ready.set_function(lambda: 1.0 if engine.ready else 0.0)
         engine.batch_observers.append(self.batch_size.observe)
         self.registry.register(_KvCacheCollector(engine))

@@ -153,6 +153,7 @@ class Engine:
         if self.scheduler is not None:
             pool = self.scheduler.pool
             stats.kv_blocks_total = pool.num_blocks
+            stats.kv_block_size = pool.block_size
             stats.kv_blocks_used = pool.used
             stats.kv_blocks_cached = pool.cached
             stats.prefix_query_tokens = pool.query_tokens

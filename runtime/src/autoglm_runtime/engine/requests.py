@@ -89,6 +89,7 @@ class EngineStats:
     steps: int  # model steps so far
     max_batch_seen: int
     kv_blocks_total: int = 0
+    kv_block_size: int = 0  # token slots per block
     kv_blocks_used: int = 0  # held by running rows
     kv_blocks_cached: int = 0  # free, but holding a reusable prefix
     prefix_query_tokens: int = 0  # prompt tokens looked up in the prefix cache

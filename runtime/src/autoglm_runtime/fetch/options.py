@@ -48,9 +48,13 @@ _NETWORK_TUNING: list[tuple[str, type, float, str]] = [
     ("backoff-max", float, 60.0, "seconds"),
     ("max-retry-after", float, 300.0, "cap on a server's Retry-After, seconds"),
     ("checksum-attempts", int, 3, "downloads of one file that fail verification before exit code 5"),
-    ("lock-timeout", float, 0.0, "seconds to wait for another fetch of the same revision; 0 = as long as it runs"),
+    (
+        "lock-timeout",
+        float,
+        0.0,
+        "seconds to wait for another fetch of the same revision; 0 = as long as it runs",
+    ),
 ]
-
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
