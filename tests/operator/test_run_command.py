@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import inspect
 
 import pytest
 
@@ -105,7 +107,9 @@ def test_peering_lifetime_reaches_kopf_settings() -> None:
     settings = kopf.OperatorSettings()
     for handler in registry._activities.get_all_handlers():
         if handler.id == "configure":
-            handler.fn(settings=settings, logger=None)
+            result = handler.fn(settings=settings, logger=None)
+            if inspect.iscoroutine(result):  # the handler starts background tasks: it is async
+                asyncio.run(result)
     assert settings.peering.lifetime == 20
     assert settings.peering.mandatory is True
     with pytest.raises(SystemExit):
