@@ -9,15 +9,17 @@ can tell the test's writes from the operator's).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from autoglm_operator import api, metrics
 from autoglm_operator.commands import run as run_cmd
-from autoglm_operator.kube import KINDS, Kube
+from autoglm_operator.kube import KINDS, ApiError, Kube, load_configuration
 
 CR = KINDS[api.KIND]
 TIMEOUT = 20.0  # generous: the machine is shared; the scenarios usually settle in well under a second
@@ -207,6 +209,32 @@ class Harness:
 
     def kopf_writes(self) -> dict[tuple[str, str], int] | None:
         return self.emulator.writes_by("kopf") if self.emulated else None
+
+
+@contextlib.asynccontextmanager
+async def cluster_namespace(needed_kinds: tuple[str, ...], prefix: str) -> AsyncIterator[Harness]:
+    """A harness in a fresh namespace of a real cluster, removed afterwards; skips when a CRD of
+    ``needed_kinds`` is not installed (kubectl apply --server-side -f crds/ -f ../shared/crds/)."""
+    import pytest
+
+    kube = Kube(load_configuration(), user_agent="autoglm-e2e")
+    for kind in needed_kinds:
+        try:
+            kube.list(KINDS[kind], None)
+        except ApiError as e:
+            kube.close()
+            pytest.skip(
+                f"the {kind} CRD is not installed (kubectl apply --server-side -f crds/ -f ../shared/crds/): {e}"
+            )
+    namespace = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    h = Harness(kube=kube, namespace=namespace)
+    try:
+        yield h
+    finally:
+        await h.stop_operator()
+        kube.delete(KINDS["Namespace"], None, namespace)
+        kube.close()
 
 
 def reconciles(result: str) -> float:

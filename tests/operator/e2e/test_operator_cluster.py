@@ -8,17 +8,16 @@ scenarios check objects and status, not running pods (so Ready is not awaited he
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 
 from autoglm_operator import api
-from autoglm_operator.kube import KINDS, ApiError, Kube, load_configuration
+from autoglm_operator.kube import KINDS, ApiError
 
 from . import scenarios
 from .conftest import CLUSTER
-from .harness import Harness
+from .harness import Harness, cluster_namespace
 
 pytestmark = [
     pytest.mark.cluster,
@@ -30,21 +29,8 @@ pytestmark = [
 
 @pytest.fixture
 async def cluster() -> AsyncIterator[Harness]:
-    kube = Kube(load_configuration(), user_agent="autoglm-e2e")
-    try:
-        kube.list(KINDS[api.KIND], None)
-    except ApiError as e:
-        kube.close()
-        pytest.skip(f"the AutoGLMDeployment CRD is not installed (kubectl apply -f crds/): {e}")
-    namespace = f"autoglm-e2e-{uuid.uuid4().hex[:6]}"
-    kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-    h = Harness(kube=kube, namespace=namespace)
-    try:
+    async with cluster_namespace((api.KIND,), "autoglm-e2e") as h:
         yield h
-    finally:
-        await h.stop_operator()
-        kube.delete(KINDS["Namespace"], None, namespace)
-        kube.close()
 
 
 async def test_create(cluster: Harness) -> None:

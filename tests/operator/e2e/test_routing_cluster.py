@@ -11,18 +11,17 @@ the test's credentials (cluster-admin); the chart's own RBAC for these kinds is 
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from autoglm_operator import api, labels
-from autoglm_operator.kube import KINDS, ApiError, Kube, load_configuration
+from autoglm_operator.kube import KINDS
 
 from . import scenarios
 from .conftest import CLUSTER
-from .harness import Harness
+from .harness import Harness, cluster_namespace
 
 pytestmark = [
     pytest.mark.cluster,
@@ -49,24 +48,8 @@ GC_TIMEOUT = 120.0  # the garbage collector may take ~40 s for kinds of a just-i
 
 @pytest.fixture
 async def cluster() -> AsyncIterator[Harness]:
-    kube = Kube(load_configuration(), user_agent="autoglm-e2e")
-    for kind in (api.KIND, "InferencePool", "HTTPRoute"):
-        try:
-            kube.list(KINDS[kind], None)
-        except ApiError as e:
-            kube.close()
-            pytest.skip(
-                f"the {kind} CRD is not installed (kubectl apply --server-side -f crds/ -f ../shared/crds/): {e}"
-            )
-    namespace = f"autoglm-routing-{uuid.uuid4().hex[:6]}"
-    kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-    h = Harness(kube=kube, namespace=namespace)
-    try:
+    async with cluster_namespace((api.KIND, "InferencePool", "HTTPRoute"), "autoglm-routing") as h:
         yield h
-    finally:
-        await h.stop_operator()
-        kube.delete(KINDS["Namespace"], None, namespace)
-        kube.close()
 
 
 async def routing_children(h: Harness) -> dict[tuple[str, str], dict[str, Any]]:
