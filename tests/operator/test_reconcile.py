@@ -218,3 +218,28 @@ def test_applied_hash_ignores_its_own_annotation_and_key_order() -> None:
     same["kind"] = "Service"
     assert applied_hash(obj) == applied_hash(same)
     assert applied_hash(obj) != applied_hash({**obj, "spec": {"a": 3}})
+
+
+def test_cel_rules_run_once_per_generation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CRD's CEL rules (the costly part of parsing a spec) run for a new generation only; a
+    resync or a child's status change reuses the verdict, and a spec that breaks a rule stays
+    invalid on every reconcile of its generation."""
+    from autoglm_operator import cel
+
+    calls: list[int] = []
+    real = cel.evaluate_rules
+    monkeypatch.setattr(cel, "evaluate_rules", lambda rules, obj: calls.append(1) or real(rules, obj))
+    kube, cache = FakeKube(), Cache()
+    first = reconcile(CR, kube, LOG, cache=cache)  # type: ignore[arg-type]
+    assert calls
+    calls.clear()
+    assert reconcile(_with_status(CR, first.status), kube, LOG, cache=cache).result == "unchanged"  # type: ignore[arg-type]
+    assert calls == []
+    bad = copy.deepcopy(CR)
+    bad["metadata"]["generation"] = 2
+    bad["spec"]["model"]["cache"] = {"claimName": "weights", "size": "40Gi"}
+    for _ in range(2):
+        outcome = reconcile(bad, kube, LOG, cache=cache)  # type: ignore[arg-type]
+        assert outcome.result == "invalid"
+        assert "set exactly one of claimName" in outcome.status["conditions"][0]["message"]
+    assert calls

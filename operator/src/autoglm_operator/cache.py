@@ -186,6 +186,7 @@ class Cache:
     crs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     children: dict[Key, ChildRecord] = field(default_factory=dict)
     by_owner: dict[str, set[Key]] = field(default_factory=dict)
+    checked_generation: dict[str, int] = field(default_factory=dict)  # CR uid → CEL-checked generation
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     # -- CRs ----------------------------------------------------------------------------------
@@ -213,7 +214,17 @@ class Cache:
 
     @_locked
     def forget_cr(self, namespace: str, name: str) -> None:
-        self.crs.pop((namespace, name), None)
+        held = self.crs.pop((namespace, name), None)
+        if held is not None:
+            self.checked_generation.pop(str(held["metadata"].get("uid") or ""), None)
+
+    def cel_checked(self, uid: str, generation: Any) -> bool:
+        """Whether this generation of the CR already passed the CRD's CEL rules."""
+        return bool(uid) and isinstance(generation, int) and self.checked_generation.get(uid) == generation
+
+    def mark_cel_checked(self, uid: str, generation: Any) -> None:
+        if uid and isinstance(generation, int):
+            self.checked_generation[uid] = generation
 
     # -- children -----------------------------------------------------------------------------
 

@@ -225,11 +225,15 @@ def _reconcile(
 
     # 1. Parse and render (pure). An invalid spec touches no child.
     try:
-        spec = render_mod.parse_spec(body)
+        # The CEL rules run once per generation (the API server ran them on admission too).
+        checked = cache.cel_checked(uid, generation)
+        spec = render_mod.parse_spec(body, cel=not checked)
+        if not checked:
+            cache.mark_cel_checked(uid, generation)
         node_gpu = _node_gpu(nodes, spec) if options.read_nodes else None
         plan = _plan(spec, node_gpu) if options.allow_network else None
         rendered = render_mod.render(
-            body, node_gpu=node_gpu, plan=plan, prometheus_address=options.prometheus_address
+            body, node_gpu=node_gpu, plan=plan, prometheus_address=options.prometheus_address, spec=spec
         )
     except (render_mod.SpecError, MemoryFitError) as e:
         text = spec_error_text(e)

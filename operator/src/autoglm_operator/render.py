@@ -298,16 +298,19 @@ def render(
     plan: MemoryPlan | None = None,
     operator_version: str = OPERATOR_VERSION,
     prometheus_address: str = autoscaling.DEFAULT_PROMETHEUS_ADDRESS,
+    spec: AutoGLMDeploymentSpec | None = None,
 ) -> Rendered:
     """The objects for one AutoGLMDeployment (a dict as read from YAML or received by kopf).
 
     ``node_gpu`` is the GPU seen on candidate nodes (from GPU feature discovery labels), used by the
     memory planner; ``plan`` skips planning when the caller already has one; ``prometheus_address``
-    is where a KEDA ScaledObject's Prometheus trigger queries, unless the spec names one. Raises
+    is where a KEDA ScaledObject's Prometheus trigger queries, unless the spec names one; ``spec``
+    is the CR's spec when the caller parsed it already. Raises
     :class:`SpecError` for a CR that cannot be rendered.
     """
     name, namespace = check_metadata(cr)
-    spec = parse_spec(cr)
+    if spec is None:
+        spec = parse_spec(cr)
     if plan is None:
         plan = _plan(spec, node_gpu)
     loc = pod.model_location(spec, name)
