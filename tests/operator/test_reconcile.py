@@ -243,3 +243,28 @@ def test_cel_rules_run_once_per_generation(monkeypatch: pytest.MonkeyPatch) -> N
         assert outcome.result == "invalid"
         assert "set exactly one of claimName" in outcome.status["conditions"][0]["message"]
     assert calls
+
+
+def test_managed_counts_are_thread_safe_and_fold_into_the_gauge() -> None:
+    """Reconciles in several threads report their children at once (on a real server this raised
+    'dictionary changed size during iteration' in a reconcile)."""
+    import threading
+
+    from autoglm_operator import metrics
+
+    counts = metrics.ManagedCounts()
+
+    def many(i: int) -> None:
+        for j in range(300):
+            counts.set(("ns", f"cr-{i}-{j}"), ["Deployment", "Service", "Service"])
+
+    threads = [threading.Thread(target=many, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert counts.totals() == {"Deployment": 1800, "Service": 3600}
+    counts.set(("ns", "cr-0-0"), ["Deployment"])
+    counts.forget(("ns", "cr-0-1"))
+    assert counts.totals() == {"Deployment": 1799, "Service": 3596}
+    assert metrics.MANAGED.labels(kind="Service")._value.get() == 3596
