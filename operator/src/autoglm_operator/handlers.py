@@ -70,6 +70,7 @@ RESYNC_JITTER = 0.1  # ± fraction of the resync period
 NODE_RECHECK_DELAY = 1.0  # seconds: a burst of node events (the listing) re-checks the CRs once
 FRESH_THREADS = 4  # reconciles of created/changed CRs, deleted or drifted children
 BACKGROUND_THREADS = 2  # reconciles that follow a child's status, resyncs, retries
+LIST_CHUNK = 100  # objects per page of kopf's initial listings
 TRIM_SECONDS = 60.0  # how often freed memory goes back to the kernel (malloc.trim)
 
 
@@ -103,6 +104,7 @@ class _State:
         # New and changed CRs (and repairs) never queue behind status-following work and resyncs.
         self.fresh = ThreadPoolExecutor(FRESH_THREADS, thread_name_prefix="reconcile-fresh")
         self.background = ThreadPoolExecutor(BACKGROUND_THREADS, thread_name_prefix="reconcile-background")
+        self.tasks: set[asyncio.Task[Any]] = set()  # requested reconciles (kept from the GC until done)
 
     @property
     def kube(self) -> Kube:
@@ -159,6 +161,8 @@ def configure_settings(settings: kopf.OperatorSettings, *, read_nodes: bool = Tr
     settings.execution.max_workers = 8
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    # Listings in pages: a restart at 1,000 CRs does not parse 1,000 Deployments in one response.
+    settings.watching.chunk_size = LIST_CHUNK
     # Retries of a failed request (a watch too) every few seconds at most: kopf's default climbs to
     # 13 and 21 s, so after a 45 s API outage a new CR waited 44 s for the watches to come back
     # (measured on a real v1.36 server); with gaps of at most 5 s it is reconciled within seconds.
@@ -243,6 +247,23 @@ async def _run(
     return outcome
 
 
+def _request(
+    state: _State, namespace: str, name: str, uid: str, logger: Any, nodes: list[dict[str, str]], *, urgent: bool
+) -> None:
+    """Ask for a reconcile of the CR and return at once: kopf's worker for the event, and the
+    event's body with it, are done while the reconcile waits for its turn (at startup, thousands
+    of listed bodies were held until their owners' reconciles ran)."""
+    task = asyncio.create_task(_run(state, namespace, name, uid, logger, nodes, urgent=urgent))
+    state.tasks.add(task)
+    task.add_done_callback(functools.partial(_done, state, logger, f"{namespace}/{name}"))
+
+
+def _done(state: _State, logger: Any, what: str, task: asyncio.Task[Any]) -> None:
+    state.tasks.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.error(f"Reconcile of {api.KIND} {what} failed: {task.exception()!r}")
+
+
 async def _trim_forever() -> None:
     """Hand the memory freed after a burst back to the kernel, once a minute (a few ms)."""
     while True:
@@ -274,7 +295,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig | None = No
 
     @kopf.on.cleanup(registry=registry, id="close-client")
     async def _cleanup(**_: Any) -> None:
-        for task in background:
+        for task in [*background, *state.tasks]:
             task.cancel()
         state.close()
 
@@ -307,8 +328,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig | None = No
             return
         if state.cache.observe_cr(body):  # not the echo of our own status patch
             observed = (body.get("status") or {}).get("observedGeneration")
-            await _run(state, namespace, name, uid, logger, _node_labels(kw),
-                       urgent=observed != meta.get("generation"))  # fmt: skip
+            _request(state, namespace, name, uid, logger, _node_labels(kw),
+                     urgent=observed != meta.get("generation"))  # fmt: skip
 
     async def resync(body: kopf.Body, stopped: kopf.DaemonStopped, logger: Any, **kw: Any) -> None:
         meta = body.get("metadata", {})
@@ -345,7 +366,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig | None = No
         logger.debug(f"{type} {body.get('kind')} {namespace}/{body['metadata']['name']} ({change.value}): "
                      "reconciling its owner")
         urgent = change in (Change.GONE, Change.DRIFT)  # a repair; a status change can wait a little
-        await _run(state, namespace, ref["name"], str(ref.get("uid") or ""), logger, _node_labels(kw), urgent=urgent)
+        _request(state, namespace, ref["name"], str(ref.get("uid") or ""), logger, _node_labels(kw), urgent=urgent)
 
     for kind_name in WATCHED_CHILDREN:
         kind = KINDS[kind_name]
