@@ -48,6 +48,7 @@ from autoglm_operator.api import AutoGLMDeploymentSpec
 from autoglm_operator.memory.types import GIB, GpuInfo, MemoryPlan
 from autoglm_operator.pod import gpu_product_label
 from autoglm_operator.spec_errors import SpecError, check_metadata, parse_spec
+from autoglm_runtime import serving_settings
 from autoglm_runtime.settings import RuntimeSettings, to_env
 
 __all__ = [
@@ -90,63 +91,34 @@ def _settings_checker() -> type[pydantic.BaseModel]:
     return pydantic.create_model("RuntimeSettingsCheck", **fields)
 
 
-# Spec field each runtime setting comes from, to name the right field when the runtime would refuse it.
-_SETTING_SOURCE = {
-    "max_batch_size": "spec.serving.maxBatchSize",
-    "max_batch_tokens": "spec.serving.maxBatchTokens",
-    "kv_cache_tokens": "spec.serving.kvCacheTokens",
-    "prefix_caching": "spec.serving.prefixCaching",
-    "batch_window_ms": "spec.serving.batchWindowMs",
-    "max_concurrent_requests": "spec.serving.maxConcurrentRequests",
-    "max_queue": "spec.serving.maxQueue",
-    "max_input_tokens": "spec.serving.maxInputTokens",
-    "max_new_tokens": "spec.serving.maxNewTokens",
-    "request_timeout_s": "spec.serving.requestTimeoutSeconds",
-    "max_body_bytes": "spec.serving.maxBodyBytes",
-    "max_images_per_request": "spec.serving.maxImagesPerRequest",
-    "max_image_pixels": "spec.serving.maxImagePixels",
-    "max_decoded_pixels": "spec.serving.maxDecodedPixels",
-    "image_url_hosts": "spec.serving.imageUrlHosts",
-    "image_url_timeout_s": "spec.serving.imageUrlTimeoutSeconds",
-    "image_url_max_bytes": "spec.serving.imageUrlMaxBytes",
-    "rate_limit_rps": "spec.serving.rateLimitRps",
-    "rate_limit_per_key_rps": "spec.serving.rateLimitPerKeyRps",
-    "port": "spec.serving.port",
-    "gpu_memory_percent": "spec.memory.gpuMemoryPercent",
-    "host_memory_percent": "spec.memory.hostMemoryPercent",
-    "memory_headroom_percent": "spec.memory.headroomPercent",
+# Spec field of each runtime setting the operator derives (not a serving setting of the same name),
+# to name the right field when the runtime would refuse it; the serving settings name their own.
+_DERIVED_SOURCE = {
     "served_model_name": "spec.model.servedModelName",
     "quantization": "spec.quantization",
+    "double_quant": "spec.quantizationOptions.doubleQuant",
+    "compute_dtype": "spec.quantizationOptions.computeDtype",
 }
 
 
+def setting_source(name: str) -> str:
+    """The spec field a runtime setting comes from (``spec`` when none does)."""
+    if name in serving_settings.spec_settings():
+        return serving_settings.spec_path(name)
+    return _DERIVED_SOURCE.get(name, "spec")
+
+
 def runtime_settings(spec: AutoGLMDeploymentSpec, plan: MemoryPlan, loc: pod.ModelLocation) -> dict[str, Any]:
-    """Runtime settings values (field name → value) for one CR."""
+    """Runtime settings values (field name → value) for one CR: every serving setting the CR sets
+    (not set: left out, the runtime's default), then what the operator derives (paths, the plan)."""
     s = spec.serving
     tls = s.tls_secret is not None
-    values: dict[str, Any] = {
+    values: dict[str, Any] = serving_settings.spec_values({"serving": s, "memory": spec.memory})
+    values |= {
         "model": loc.model_path,
         "served_model_name": spec.model.served_model_name or loc.served_name,
         "trust_remote_code": spec.model.trust_remote_code,
         "quantization": plan.quantization,
-        "gpu_memory_percent": spec.memory.gpu_memory_percent,
-        "host_memory_percent": spec.memory.host_memory_percent,
-        "memory_headroom_percent": spec.memory.headroom_percent,
-        "max_batch_size": s.max_batch_size,
-        "prefix_caching": s.prefix_caching,
-        "batch_window_ms": s.batch_window_ms,
-        "max_concurrent_requests": s.max_concurrent_requests,
-        "max_queue": s.max_queue,
-        "max_input_tokens": s.max_input_tokens,
-        "max_new_tokens": s.max_new_tokens,
-        "request_timeout_s": s.request_timeout_seconds,
-        "max_body_bytes": s.max_body_bytes,
-        "max_images_per_request": s.max_images_per_request,
-        "max_image_pixels": s.max_image_pixels,
-        "max_decoded_pixels": s.max_decoded_pixels,
-        "port": s.port,
-        "rate_limit_rps": s.rate_limit_rps,
-        "rate_limit_per_key_rps": s.rate_limit_per_key_rps,
         "api_keys_file": f"{pod.API_KEYS_DIR}/{pod.API_KEYS_FILE}" if s.api_key_secret else None,
         "tls_cert_file": f"{pod.TLS_DIR}/tls.crt" if tls else None,
         "tls_key_file": f"{pod.TLS_DIR}/tls.key" if tls else None,
@@ -154,15 +126,6 @@ def runtime_settings(spec: AutoGLMDeploymentSpec, plan: MemoryPlan, loc: pod.Mod
         "shutdown_grace_s": pod.SHUTDOWN_GRACE_SECONDS,
         "log_format": "json",
     }
-    # Unset: left to the runtime's defaults (the device's step budget; a pool of what the budget leaves).
-    if s.max_batch_tokens is not None:
-        values["max_batch_tokens"] = s.max_batch_tokens
-    if s.kv_cache_tokens is not None:
-        values["kv_cache_tokens"] = s.kv_cache_tokens
-    if s.image_url_hosts:
-        values["image_url_hosts"] = ",".join(s.image_url_hosts)
-        values["image_url_timeout_s"] = s.image_url_timeout_seconds
-        values["image_url_max_bytes"] = s.image_url_max_bytes
     if plan.quantization in ("nf4", "fp4"):
         opts = spec.quantization_options or api.QuantizationOptions()
         values["double_quant"] = opts.double_quant
@@ -173,8 +136,7 @@ def runtime_settings(spec: AutoGLMDeploymentSpec, plan: MemoryPlan, loc: pod.Mod
         err = exc.errors()[0]
         field = str(err["loc"][0])
         raise SpecError(
-            _SETTING_SOURCE.get(field, "spec"),
-            f"the runtime would refuse {field}={err.get('input')!r}: {err['msg']}",
+            setting_source(field), f"the runtime would refuse {field}={err.get('input')!r}: {err['msg']}"
         ) from None
     return values
 

@@ -61,7 +61,7 @@ class RemoteImages:
     @classmethod
     def from_settings(cls, settings: Any) -> RemoteImages:
         hosts = tuple(h.strip().lower() for h in settings.image_url_hosts.split(",") if h.strip())
-        return cls(hosts, settings.image_url_timeout_s, settings.image_url_max_bytes)
+        return cls(hosts, settings.image_url_timeout_seconds, settings.image_url_max_bytes)
 
     def allows(self, host: str) -> bool:
         host = host.lower().rstrip(".")
