@@ -36,7 +36,7 @@ import kopf
 from autoglm_operator import api, autoscaling, labels, metrics, routing
 from autoglm_operator import render as render_mod
 from autoglm_operator.cache import HASH_ANNOTATION, Cache, ChildRecord
-from autoglm_operator.kube import KINDS, ApiError, Kind, Kube, kind_of
+from autoglm_operator.kube import KINDS, Kind, Kube, KubeApiError, kind_of
 from autoglm_operator.memory.errors import MemoryFitError
 from autoglm_operator.status import (
     Notice,
@@ -168,10 +168,10 @@ def backoff(retry: int) -> float:
     return float(min(60, 2 ** min(retry, 6)))
 
 
-def spec_error_text(exc: Exception) -> str:
-    path = getattr(exc, "field_path", None) or getattr(exc, "field", None)
-    message = getattr(exc, "message", None) or str(exc)
-    return f"{path}: {message}" if path and not str(message).startswith(str(path)) else str(message)
+def spec_error_text(exc: render_mod.SpecError | MemoryFitError) -> str:
+    """``field.path: message`` of a spec the operator cannot act on (both errors name the field alike)."""
+    path, message = exc.field_path, exc.message
+    return f"{path}: {message}" if path and not message.startswith(path) else message
 
 
 def reconcile(
@@ -259,7 +259,7 @@ def _reconcile(
                     continue
                 record = cache.record_applied(kube.apply(desired, field_manager=options.field_manager))
                 live[(kind.kind, obj_name)] = record.view or {}
-            except ApiError as e:
+            except KubeApiError as e:
                 if kind.kind in OPTIONAL_KINDS and e.status == 404:
                     warnings.append(f"{kind.kind} skipped: its CRD ({kind.api_version}) is not installed")
                     continue
@@ -280,7 +280,7 @@ def _reconcile(
                     f"Deleted {child.kind} {child.namespace}/{child.name} (no longer wanted by the spec)"
                 )
             cache.forget_child(child.kind, child.namespace, child.name)
-    except ApiError as e:
+    except KubeApiError as e:
         if e.transient:
             delay = backoff(retry)
             logger.warning(f"Transient API error, retrying in {delay:.0f}s: {e}")
@@ -410,7 +410,7 @@ def _write_status(
         return
     try:
         written = kube.patch(CR_KIND, namespace, name, {"status": patch}, subresource="status")
-    except ApiError as e:
+    except KubeApiError as e:
         if e.not_found:  # the CR is gone; nothing to report on
             return
         if e.transient:

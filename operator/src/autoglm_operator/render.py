@@ -238,7 +238,7 @@ def _plan(spec: AutoGLMDeploymentSpec, node_gpu: GpuInfo | None) -> MemoryPlan:
     try:
         return plan_memory(spec, node_gpu, allow_network=False)
     except MemoryFitError as exc:  # e.g. a model outside the catalog without spec.model.shape
-        raise SpecError(exc.field, exc.message) from None
+        raise SpecError(exc.field_path, exc.message) from None
 
 
 def _skip_reason(spec: AutoGLMDeploymentSpec, plan: MemoryPlan) -> str | None:

@@ -194,7 +194,7 @@ def plan_memory(
     except GpuUnknownError as exc:
         if spec.quantization.value == "auto":
             raise MemoryFitError(
-                exc.field,
+                exc.field_path,
                 "quantization auto cannot choose a mode without knowing the GPU: the spec names no GPU "
                 f"product or memory and no node label says it; {GPU_UNKNOWN_HINT} (or set an explicit "
                 "spec.quantization to deploy without a fit check)",
