@@ -20,7 +20,9 @@ from typing import Any, get_args
 
 from pydantic import ValidationError
 
+from autoglm_runtime import serving_settings
 from autoglm_runtime.logs import LogFormatter
+from autoglm_runtime.serving_settings import ServingSettings
 from autoglm_runtime.settings import ENV_PREFIX, RuntimeSettings
 
 log = logging.getLogger("autoglm_runtime.serve")
@@ -40,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per settings field; defaults are suppressed so only explicit flags override env."""
     for name, info in RuntimeSettings.model_fields.items():
         kind = _field_type(info.annotation)
-        help_text = f"{info.description or ''} [env {ENV_PREFIX}{name.upper()}]"
+        text = serving_settings.description(name) if name in ServingSettings.model_fields else info.description
+        help_text = f"{text or ''} [env {ENV_PREFIX}{name.upper()}]"
         if not info.is_required():
             help_text += (
                 f" (default: {info.default.value if isinstance(info.default, Enum) else info.default})"

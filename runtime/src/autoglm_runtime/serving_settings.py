@@ -34,7 +34,7 @@ from pydantic.fields import FieldInfo
 
 MIB = 1_048_576
 DEFAULT_MAX_BATCH_SIZE = 8
-DEFAULT_MAX_BODY_BYTES = 20 * MIB  # a phone screenshot as a PNG data URL fits
+DEFAULT_MAX_BODY_BYTES = 20 * MIB  # a phone screenshot as a PNG data URL fits (also the remote image limit)
 HOST_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 
 Section = Literal["serving", "memory"]

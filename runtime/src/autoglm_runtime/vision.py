@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autoglm_runtime.serving_settings import DEFAULT_MAX_BODY_BYTES
+
 log = logging.getLogger(__name__)
 
 ALLOWED_MIME = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/webp": "WEBP"}
@@ -55,7 +57,7 @@ class RemoteImages:
 
     hosts: tuple[str, ...] = ()  # exact host names, or "*.example.com"
     timeout_s: float = 10.0
-    max_bytes: int = 20 * 1_048_576
+    max_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_redirects: int = 3
 
     @classmethod

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from autoglm_operator.memory.types import GIB, MIB, Estimate, GpuInfo, ModelShape
 from autoglm_runtime import kvplan
+from autoglm_runtime.serving_settings import DEFAULT_MAX_BATCH_SIZE
 
 MODES = ("none", "bf16", "fp16", "int8", "nf4", "fp4")
 
@@ -33,7 +34,7 @@ CPU_PROCESS_BYTES = 1 * GIB
 class Workload:
     """The serving limits that size the step and the KV cache (spec.serving)."""
 
-    max_batch_size: int = 8
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     max_input_tokens: int = 4096
     max_new_tokens: int = 512
     max_batch_tokens: int | None = None  # tokens per engine step; None = the device's default
