@@ -150,6 +150,20 @@ def test_not_set_means_the_same_in_every_layer(
             assert getattr(engine, name) == default, name
 
 
+def test_the_operator_renders_the_new_names_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A renamed setting set in the CR is rendered under its new env var; its earlier one (which the
+    runtime still reads, deprecated) never."""
+    cr = copy.deepcopy(BASE)
+    for new in serving_settings.renamed().values():
+        where = in_spec(new)
+        assert where is not None
+        cr["spec"].setdefault(where.section, {})[to_camel(new)] = sample(new)
+    env = rendered_pod_env(cr, tmp_path, capsys)
+    for old, new in serving_settings.renamed().items():
+        assert env_name(new) in env, new
+        assert "AUTOGLM_" + old.upper() not in env, old
+
+
 def test_the_engine_config_is_the_engines_part_of_the_declarations() -> None:
     from autoglm_runtime.engine import EngineConfig
 

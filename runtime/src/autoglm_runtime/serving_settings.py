@@ -9,7 +9,10 @@ test, ``tests/operator/test_serving_settings.py``, which checks every layer):
 * the engine's config: :class:`EngineSettings` *is* the engine's part (``EngineConfig`` subclasses it);
 * the CR field: a field carrying :class:`InSpec` is ``spec.<section>.<camelName>`` of an
   AutoGLMDeployment (:func:`spec_fields` builds the CR model's fields, hence the CRD schema);
-* the operator's CR → env rendering (:func:`spec_values`) and its reverse map (:func:`spec_path`).
+* the operator's CR → env rendering (:func:`spec_values`) and its reverse map (:func:`spec_path`);
+* a setting's earlier name, when it carries :class:`Renamed`: still read from the env
+  (``AUTOGLM_<OLD>``) and as a flag (``--<old>``), with a warning naming the new one (:func:`renamed`).
+  The operator renders the new name only.
 
 One name per setting in every layer: ``request_timeout_seconds`` is ``requestTimeoutSeconds`` in the
 CR and ``AUTOGLM_REQUEST_TIMEOUT_SECONDS`` in the pod. One "not set": ``None`` (the env var is left
@@ -73,6 +76,14 @@ class InSpec:
     unset: str | None = None  # what None means (in the description of both)
 
 
+@dataclass(frozen=True)
+class Renamed:
+    """The setting's name before a rename: ``AUTOGLM_<OLD>`` and ``--<old>`` are still accepted,
+    deprecated (one warning naming the new name); the new name wins where both are set."""
+
+    old: str
+
+
 class EngineSettings(BaseModel):
     """The settings the engine reads (``EngineConfig``): batching, limits, memory, the breaker."""
 
@@ -119,7 +130,9 @@ class EngineSettings(BaseModel):
     max_new_tokens: Annotated[int, InSpec("serving")] = Field(
         512, ge=1, le=1048576, description="Most tokens generated per request."
     )
-    request_timeout_seconds: Annotated[float, InSpec("serving", type=int, ge=1, le=86400)] = Field(
+    request_timeout_seconds: Annotated[
+        float, InSpec("serving", type=int, ge=1, le=86400), Renamed("request_timeout_s")
+    ] = Field(
         300, gt=0, description="Wall-clock limit per request."
     )
 
@@ -136,7 +149,7 @@ class EngineSettings(BaseModel):
         le=100,
         description="Share of the container memory limit for offloaded weights (accelerate max_memory).",
     )
-    headroom_percent: Annotated[int, InSpec("memory")] = Field(
+    headroom_percent: Annotated[int, InSpec("memory"), Renamed("memory_headroom_percent")] = Field(
         10,
         ge=0,
         le=50,
@@ -201,7 +214,7 @@ class ServingSettings(EngineSettings):
         description="Comma-separated hosts whose http(s) image URLs are fetched (*.example.com for "
         "subdomains); empty = remote image URLs are refused (send data: URLs).",
     )
-    image_url_timeout_seconds: Annotated[float, InSpec("serving", ge=1)] = Field(
+    image_url_timeout_seconds: Annotated[float, InSpec("serving", ge=1), Renamed("image_url_timeout_s")] = Field(
         10, gt=0, le=300, description="Time limit of one remote image fetch (with imageUrlHosts)."
     )
     image_url_max_bytes: Annotated[int, InSpec("serving", le=1073741824)] = Field(
@@ -224,6 +237,13 @@ def in_spec(name: str) -> InSpec | None:
     """The CR placement of a serving setting, or None for a runtime-only one."""
     info = ServingSettings.model_fields[name]
     return next((m for m in info.metadata if isinstance(m, InSpec)), None)
+
+
+def renamed(model: type[BaseModel] = ServingSettings) -> dict[str, str]:
+    """The earlier names of a model's settings that carry :class:`Renamed`: ``old → new``."""
+    return {
+        m.old: name for name, info in model.model_fields.items() for m in info.metadata if isinstance(m, Renamed)
+    }
 
 
 def spec_settings(section: Section | None = None) -> list[str]:

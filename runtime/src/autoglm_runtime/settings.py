@@ -5,22 +5,52 @@ it renders into pods, so there is exactly one definition of each name (``AUTOGLM
 Every field is also a ``autoglm-runtime serve`` flag (``--<field-with-dashes>``). The serving
 settings (batching, limits, memory shares: the ones the CR sets) are declared once, in
 :mod:`autoglm_runtime.serving_settings`, and inherited here; this module adds the runtime-only ones.
+A renamed setting's earlier env var (``AUTOGLM_REQUEST_TIMEOUT_S``) is still read, below the new one,
+with a warning (:class:`RenamedEnvSource`).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from autoglm_runtime.serving_settings import Quantization, ServingSettings
+from autoglm_runtime.serving_settings import Quantization, ServingSettings, renamed
 
 __all__ = ["ENV_PREFIX", "ComputeDtype", "Quantization", "RuntimeSettings", "env_name", "to_env"]
 
 ENV_PREFIX = "AUTOGLM_"
+
+log = logging.getLogger("autoglm_runtime.settings")
+
+
+class RenamedEnvSource(PydanticBaseSettingsSource):
+    """The earlier env var of each renamed setting (``AUTOGLM_REQUEST_TIMEOUT_S``), read as the new
+    setting, deprecated. It sits below the env source, so the new variable wins where both are set;
+    either way one warning names the new variable."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads the old names directly
+
+    def __call__(self) -> dict[str, Any]:
+        env = {key.upper(): value for key, value in os.environ.items()}  # case-insensitive, as the env source
+        values: dict[str, Any] = {}
+        for old, new in renamed(self.settings_cls).items():
+            old_env, new_env = ENV_PREFIX + old.upper(), ENV_PREFIX + new.upper()
+            if old_env not in env:
+                continue
+            if new_env in env:
+                log.warning("%s is deprecated and ignored: %s is set too and wins", old_env, new_env)
+                continue
+            log.warning("%s is deprecated: use %s", old_env, new_env)
+            values[new] = env[old_env]
+        return values
 
 
 class ComputeDtype(StrEnum):
@@ -69,6 +99,18 @@ class RuntimeSettings(BaseSettings, ServingSettings):
     shutdown_grace_s: float = Field(25.0, ge=0, description="SIGTERM: time to finish in-flight requests.")
     log_format: str = Field("json", pattern="^(json|text)$", description="json (in pods) or text.")
     log_level: str = Field("INFO", description="Python log level.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Keyword arguments (the flags) over AUTOGLM_* over the renamed settings' earlier env vars.
+        return init_settings, env_settings, RenamedEnvSource(settings_cls), dotenv_settings, file_secret_settings
 
     @field_validator("max_batch_tokens", "kv_cache_tokens", mode="before")
     @classmethod
