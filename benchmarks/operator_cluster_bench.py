@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from autoglm_operator import api  # noqa: E402
-from autoglm_operator.kube import KINDS, ApiError, Kube  # noqa: E402
+from autoglm_operator.kube import KINDS, Kube, KubeApiError  # noqa: E402
 from benchmarks.loadgen import percentile  # noqa: E402
 from benchmarks.servers import RunningServer, ServerSpec, free_port  # noqa: E402
 from tests.operator.e2e.scenarios import SPEC  # noqa: E402
@@ -121,7 +121,7 @@ def cr_body(name: str, namespace: str) -> dict[str, Any]:
 def ensure_namespace(kube: Kube, name: str) -> None:
     try:
         kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    except ApiError as e:
+    except KubeApiError as e:
         if e.status != 409:
             raise
 

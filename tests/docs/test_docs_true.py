@@ -6,7 +6,8 @@ import re
 
 from autoglm_runtime import metrics
 from autoglm_runtime.serve import flag_name
-from autoglm_runtime.settings import RuntimeSettings, env_name
+from autoglm_runtime.serving_settings import renamed
+from autoglm_runtime.settings import ENV_PREFIX, RuntimeSettings, env_name
 from tests.conftest import REPO
 
 RUNTIME_DOC = (REPO / "docs" / "runtime.md").read_text()
@@ -19,7 +20,13 @@ def test_every_setting_is_documented_with_env_and_flag():
 
 def test_documented_settings_exist():
     documented = set(re.findall(r"`(AUTOGLM_[A-Z0-9_]+)`", RUNTIME_DOC))
-    assert documented <= {env_name(f) for f in RuntimeSettings.model_fields}
+    deprecated = {ENV_PREFIX + old.upper() for old in renamed(RuntimeSettings)}  # still read, with a warning
+    assert documented <= {env_name(f) for f in RuntimeSettings.model_fields} | deprecated
+
+
+def test_the_deprecated_names_are_documented():
+    for old, new in renamed(RuntimeSettings).items():
+        assert f"`{ENV_PREFIX}{old.upper()}` / `{flag_name(old)}` (now `{env_name(new)}`)" in RUNTIME_DOC, old
 
 
 def test_every_metric_is_documented():

@@ -72,7 +72,7 @@ def test_ambiguous_and_unknown_products():
     assert lookup_gpu("Quantum-X9") is None
     with pytest.raises(MemoryFitError, match="set spec.resources.gpu.memory") as info:
         resolve_gpu(GpuSpec(product="Quantum-X9"))
-    assert info.value.field == "spec.resources.gpu.product"
+    assert info.value.field_path == "spec.resources.gpu.product"
     with pytest.raises(MemoryFitError, match="spec.resources.gpu.product"):
         resolve_gpu(GpuSpec())
 
@@ -165,4 +165,4 @@ def test_kubernetes_quantities(text, n):
 def test_bad_quantity_names_the_field():
     with pytest.raises(MemoryFitError, match="not a Kubernetes quantity") as info:
         parse_quantity("24 gigs")
-    assert info.value.field == "spec.resources.gpu.memory"
+    assert info.value.field_path == "spec.resources.gpu.memory"

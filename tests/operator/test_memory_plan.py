@@ -328,10 +328,10 @@ def test_shape_hints_override_and_describe_unknown_models():
 def test_unknown_model_without_hints_names_the_field():
     with pytest.raises(MemoryFitError, match="not in the built-in catalog") as info:
         plan_memory(spec(model={"source": "hf://someone/unknown"}))
-    assert info.value.field == "spec.model.source"
+    assert info.value.field_path == "spec.model.source"
     with pytest.raises(MemoryFitError, match="headDim") as info:
         plan_memory(spec(model={"source": "pvc://models/custom", "shape": {"parameters": 10**9}}))
-    assert info.value.field == "spec.model.shape"
+    assert info.value.field_path == "spec.model.shape"
 
 
 def test_unknown_gpu_without_memory_is_a_clear_error():
@@ -449,7 +449,7 @@ def test_unreachable_hub_is_a_clear_error(hub):
 
     with pytest.raises(MemoryFitError, match="HTTP 404") as info:
         fetch_config(f"{hub}/acme/missing")
-    assert info.value.field == "spec.model.source"
+    assert info.value.field_path == "spec.model.source"
 
 
 # --- CLI ---------------------------------------------------------------------------------------------

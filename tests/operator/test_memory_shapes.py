@@ -121,7 +121,7 @@ def test_bad_config_names_the_missing_key(missing):
     cfg = {k: v for k, v in GLM_HF.items() if k != missing}
     with pytest.raises(MemoryFitError, match=repr(missing)) as info:
         shape_from_config(cfg, "org/broken")
-    assert info.value.field == "spec.model.shape"
+    assert info.value.field_path == "spec.model.shape"
     assert "org/broken" in str(info.value)
 
 

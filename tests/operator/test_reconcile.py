@@ -11,7 +11,7 @@ import kopf
 import pytest
 
 from autoglm_operator.cache import Cache, Change
-from autoglm_operator.kube import ApiError, Kind
+from autoglm_operator.kube import Kind, KubeApiError
 from autoglm_operator.reconcile import HASH_ANNOTATION, RetryLater, applied_hash, backoff, reconcile
 
 LOG = logging.getLogger("test")
@@ -34,7 +34,7 @@ class FakeKube:
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.writes: list[tuple[str, str]] = []
-        self.fail: dict[tuple[str, str], ApiError] = {}
+        self.fail: dict[tuple[str, str], KubeApiError] = {}
         self.last_patch: dict[str, Any] = {}
         self.reads: list[tuple[str, str]] = []
         self._version = 100
@@ -166,7 +166,7 @@ def test_unwanted_children_are_pruned_only_when_owned() -> None:
 @pytest.mark.parametrize("code", [0, 409, 429, 500, 503])
 def test_transient_errors_retry_with_backoff(code: int) -> None:
     kube = FakeKube()
-    kube.fail[("apply", "Deployment")] = ApiError(
+    kube.fail[("apply", "Deployment")] = KubeApiError(
         code, "Boom", "try later", verb="patch", what="Deployment ml/chat"
     )
     with pytest.raises(kopf.TemporaryError) as info:
@@ -188,7 +188,7 @@ def test_transient_errors_retry_with_backoff(code: int) -> None:
 
 def test_permanent_api_error_degrades_without_retry() -> None:
     kube = FakeKube()
-    kube.fail[("apply", "Deployment")] = ApiError(
+    kube.fail[("apply", "Deployment")] = KubeApiError(
         422, "Invalid", "spec.template: bad", verb="patch", what="x"
     )
     outcome = reconcile(CR, kube, LOG)  # type: ignore[arg-type]

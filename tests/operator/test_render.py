@@ -21,6 +21,7 @@ from autoglm_operator.render import (
     render,
 )
 from autoglm_runtime.fetch import layout
+from autoglm_runtime.serving_settings import InSpec, Renamed
 from autoglm_runtime.settings import RuntimeSettings, env_name
 from tests.conftest import EXAMPLES
 from tests.operator.render_helpers import OPERATOR_VERSION, by_kind, cr, validate_object
@@ -723,7 +724,7 @@ def test_image_limits_reach_the_runtime_settings() -> None:
     assert data["AUTOGLM_MAX_DECODED_PIXELS"] == "9000000"
     assert data["AUTOGLM_MAX_BODY_BYTES"] == "8388608"
     assert data["AUTOGLM_IMAGE_URL_HOSTS"] == "screens.example.com,*.cdn.example.com"
-    assert data["AUTOGLM_IMAGE_URL_TIMEOUT_S"] == "5.0"
+    assert data["AUTOGLM_IMAGE_URL_TIMEOUT_SECONDS"] == "5.0"
     assert data["AUTOGLM_IMAGE_URL_MAX_BYTES"] == "4194304"
     assert "AUTOGLM_IMAGE_URL_HOSTS" not in settings(run(cr()))
 
@@ -740,22 +741,23 @@ def test_token_budget_pool_and_headroom_reach_the_runtime_settings() -> None:
     assert data["AUTOGLM_MAX_BATCH_TOKENS"] == "4096"
     assert data["AUTOGLM_KV_CACHE_TOKENS"] == "100000"
     assert data["AUTOGLM_PREFIX_CACHING"] == "false"
-    assert data["AUTOGLM_MEMORY_HEADROOM_PERCENT"] == "15"
+    assert data["AUTOGLM_HEADROOM_PERCENT"] == "15"
     defaults = settings(run(cr()))
     assert "AUTOGLM_MAX_BATCH_TOKENS" not in defaults  # the runtime's device default
     assert "AUTOGLM_KV_CACHE_TOKENS" not in defaults  # the pool takes what the budget leaves
     assert defaults["AUTOGLM_PREFIX_CACHING"] == "true"
-    assert defaults["AUTOGLM_MEMORY_HEADROOM_PERCENT"] == "10"
+    assert defaults["AUTOGLM_HEADROOM_PERCENT"] == "10"
 
 
 def test_headroom_bounds_match_the_runtime_setting() -> None:
     from autoglm_operator import api
 
     ours = api.MemorySpec.model_fields["headroom_percent"].metadata
-    theirs = RuntimeSettings.model_fields["memory_headroom_percent"].metadata
-    assert ours == theirs
+    theirs = RuntimeSettings.model_fields["headroom_percent"].metadata
+    # the declaration's bounds, not its markers (where the CR field lives, its deprecated name)
+    assert ours == [m for m in theirs if not isinstance(m, InSpec | Renamed)]
     assert api.MemorySpec.model_fields["headroom_percent"].default == (
-        RuntimeSettings.model_fields["memory_headroom_percent"].default
+        RuntimeSettings.model_fields["headroom_percent"].default
     )
 
 

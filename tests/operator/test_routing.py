@@ -13,7 +13,7 @@ import yaml
 
 from autoglm_operator import labels, routing
 from autoglm_operator.cache import Cache
-from autoglm_operator.kube import KINDS, ApiError
+from autoglm_operator.kube import KINDS, KubeApiError
 from autoglm_operator.reconcile import APPLY_ORDER, OPTIONAL_KINDS, PRUNABLE, reconcile
 from autoglm_operator.render import Rendered, SpecError, render
 from tests.conftest import REPO
@@ -241,7 +241,7 @@ def test_reconcile_without_the_pool_crd_serves_through_the_service_and_says_so()
     class NoPoolKube(FakeKube):
         def apply(self, obj: dict[str, Any], **kw: Any) -> dict[str, Any]:
             if obj["kind"] in ("InferencePool", "HTTPRoute"):
-                raise ApiError(404, "NotFound", "the server could not find the requested resource")
+                raise KubeApiError(404, "NotFound", "the server could not find the requested resource")
             return super().apply(obj, **kw)
 
     body = _with_status(routed(httpRoute=ROUTE), None)

@@ -144,6 +144,32 @@ async def test_full_queue_rejects_at_once(make_engine: Any) -> None:
     assert (await second.collect()) is not None
 
 
+async def test_a_request_waiting_past_max_queue_wait_is_refused(make_engine: Any) -> None:
+    """``max_queue_wait_seconds``: a request that got no step within it is refused (429 +
+    Retry-After at the HTTP layer); the one being served is not."""
+    engine = make_engine(
+        max_batch_size=1, batch_window_ms=0, max_new_tokens=LONG, max_queue_wait_seconds=0.3
+    )
+    first = await engine.submit("Hi", greedy(LONG))  # holds the only slot until cancelled
+    await wait_for(lambda: first.completion_tokens > 0)
+    second = await engine.submit("Hi", greedy(2))  # waits for the slot, longer than 0.3 s
+    with pytest.raises(QueueFullError, match="in the queue") as err:
+        await asyncio.wait_for(second.collect(), 10)
+    assert err.value.retry_after_s > 0
+    assert first.finish_reason is None  # still decoding
+    first.cancel()
+
+
+async def test_without_max_queue_wait_a_request_waits_for_its_slot(make_engine: Any) -> None:
+    engine = make_engine(max_batch_size=1, batch_window_ms=0, max_new_tokens=LONG)
+    first = await engine.submit("Hi", greedy(LONG))
+    await wait_for(lambda: first.completion_tokens > 0)
+    second = await engine.submit("Hi", greedy(2))
+    await asyncio.sleep(0.5)
+    first.cancel()
+    assert await asyncio.wait_for(second.collect(), 30) is not None
+
+
 class FailingRunner(ModelRunner):
     """Failure injection: the n-th model step raises as a CUDA OOM would."""
 

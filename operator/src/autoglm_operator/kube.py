@@ -5,7 +5,7 @@ produces), and server-side apply is one PATCH with ``application/apply-patch+yam
 Why not ``kubernetes.dynamic``: it runs API discovery first; the operator knows the handful of kinds
 it creates, so a static table keeps every reconcile to the requests it really needs.
 
-Every failure becomes :class:`ApiError`, which says whether retrying can help (``transient``).
+Every failure becomes :class:`KubeApiError`, which says whether retrying can help (``transient``).
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def kind_of(obj: Mapping[str, Any]) -> Kind:
         raise ValueError(f"the operator does not know the kind {obj.get('kind')!r}") from None
 
 
-class ApiError(Exception):
+class KubeApiError(Exception):
     """A failed API call; ``status`` 0 means no HTTP answer (connection, timeout)."""
 
     def __init__(self, status: int, reason: str, message: str, *, verb: str = "", what: str = "") -> None:
@@ -169,7 +169,7 @@ class Kube:
             return self._call(
                 "GET", kind.path(namespace, name), what=f"{kind.kind} {namespace}/{name}", resource=kind.plural
             )
-        except ApiError as e:
+        except KubeApiError as e:
             if e.not_found:
                 return None
             raise
@@ -252,7 +252,7 @@ class Kube:
                 what=f"{kind.kind} {namespace}/{name}",
                 resource=kind.plural,
             )
-        except ApiError as e:
+        except KubeApiError as e:
             if e.not_found:
                 return False
             raise
@@ -289,13 +289,13 @@ class Kube:
         except ApiException as e:
             raise _api_error(e.status or 0, e.reason or "", e.body, verb=verb, what=what) from e
         except (urllib3.exceptions.HTTPError, OSError) as e:
-            raise ApiError(0, type(e).__name__, str(e), verb=verb, what=what) from e
+            raise KubeApiError(0, type(e).__name__, str(e), verb=verb, what=what) from e
         if not 200 <= response.status <= 299:
             raise _api_error(response.status, response.reason or "", data, verb=verb, what=what)
         return json.loads(data) if data else {}
 
 
-def _api_error(status: int, reason: str, body: Any, *, verb: str, what: str) -> ApiError:
+def _api_error(status: int, reason: str, body: Any, *, verb: str, what: str) -> KubeApiError:
     """Take the Kubernetes Status message when the body has one."""
     message = ""
     if body:
@@ -305,4 +305,4 @@ def _api_error(status: int, reason: str, body: Any, *, verb: str, what: str) -> 
             reason = payload.get("reason") or reason
         except (ValueError, AttributeError, TypeError):
             message = body.decode(errors="replace") if isinstance(body, bytes) else str(body)
-    return ApiError(status, reason, message[:500], verb=verb, what=what)
+    return KubeApiError(status, reason, message[:500], verb=verb, what=what)

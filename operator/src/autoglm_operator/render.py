@@ -24,31 +24,31 @@ Decisions that shape the pods (the numbers are constants in :mod:`autoglm_operat
 * **Owner references** need the CR's uid: offline renders of a file without one carry none.
 
 The pod's pieces are built in :mod:`autoglm_operator.pod`, parsing and errors live in
-:mod:`autoglm_operator.spec_errors`; this module owns the settings ConfigMap, the templates and
-the order of the objects.
+:mod:`autoglm_operator.spec_errors`, the settings ConfigMap's values in
+:mod:`autoglm_operator.runtime_env`, the templates and YAML output in
+:mod:`autoglm_operator.manifests`; this module decides which objects a CR becomes, in what order.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cache
 from importlib import metadata as importlib_metadata
 from typing import Any
 
-import jinja2
-import pydantic
-import yaml
-
-from autoglm_operator import api, autoscaling, labels, pod, routing
+from autoglm_operator import autoscaling, labels, pod, routing
 from autoglm_operator.api import AutoGLMDeploymentSpec
+from autoglm_operator.manifests import dump_json, dump_yaml, fill
 from autoglm_operator.memory.types import GIB, GpuInfo, MemoryPlan
 from autoglm_operator.pod import gpu_product_label
+from autoglm_operator.runtime_env import (
+    SETTINGS_CHECKSUM_ANNOTATION,
+    runtime_settings,
+    setting_source,
+    settings_checksum,
+)
 from autoglm_operator.spec_errors import SpecError, check_metadata, parse_spec
-from autoglm_runtime.settings import RuntimeSettings, to_env
+from autoglm_runtime.settings import to_env
 
 __all__ = [
     "OPERATOR_VERSION",
@@ -61,10 +61,9 @@ __all__ = [
     "parse_spec",
     "render",
     "runtime_settings",
+    "setting_source",
     "settings_checksum",
 ]
-
-SETTINGS_CHECKSUM_ANNOTATION = "autoglm.io/settings-checksum"
 
 
 def _package_version() -> str:
@@ -75,163 +74,6 @@ def _package_version() -> str:
 
 
 OPERATOR_VERSION = _package_version()
-
-
-# ================================================================================================
-# Runtime settings (the ConfigMap)
-# ================================================================================================
-
-
-@cache
-def _settings_checker() -> type[pydantic.BaseModel]:
-    """The runtime settings' fields and bounds as a plain model: ``RuntimeSettings`` itself would
-    read the operator's own environment when validating, and render must stay pure."""
-    fields: dict[str, Any] = {n: (f.annotation, f) for n, f in RuntimeSettings.model_fields.items()}
-    return pydantic.create_model("RuntimeSettingsCheck", **fields)
-
-
-# Spec field each runtime setting comes from, to name the right field when the runtime would refuse it.
-_SETTING_SOURCE = {
-    "max_batch_size": "spec.serving.maxBatchSize",
-    "max_batch_tokens": "spec.serving.maxBatchTokens",
-    "kv_cache_tokens": "spec.serving.kvCacheTokens",
-    "prefix_caching": "spec.serving.prefixCaching",
-    "batch_window_ms": "spec.serving.batchWindowMs",
-    "max_concurrent_requests": "spec.serving.maxConcurrentRequests",
-    "max_queue": "spec.serving.maxQueue",
-    "max_input_tokens": "spec.serving.maxInputTokens",
-    "max_new_tokens": "spec.serving.maxNewTokens",
-    "request_timeout_s": "spec.serving.requestTimeoutSeconds",
-    "max_body_bytes": "spec.serving.maxBodyBytes",
-    "max_images_per_request": "spec.serving.maxImagesPerRequest",
-    "max_image_pixels": "spec.serving.maxImagePixels",
-    "max_decoded_pixels": "spec.serving.maxDecodedPixels",
-    "image_url_hosts": "spec.serving.imageUrlHosts",
-    "image_url_timeout_s": "spec.serving.imageUrlTimeoutSeconds",
-    "image_url_max_bytes": "spec.serving.imageUrlMaxBytes",
-    "rate_limit_rps": "spec.serving.rateLimitRps",
-    "rate_limit_per_key_rps": "spec.serving.rateLimitPerKeyRps",
-    "port": "spec.serving.port",
-    "gpu_memory_percent": "spec.memory.gpuMemoryPercent",
-    "host_memory_percent": "spec.memory.hostMemoryPercent",
-    "memory_headroom_percent": "spec.memory.headroomPercent",
-    "served_model_name": "spec.model.servedModelName",
-    "quantization": "spec.quantization",
-}
-
-
-def runtime_settings(spec: AutoGLMDeploymentSpec, plan: MemoryPlan, loc: pod.ModelLocation) -> dict[str, Any]:
-    """Runtime settings values (field name → value) for one CR."""
-    s = spec.serving
-    tls = s.tls_secret is not None
-    values: dict[str, Any] = {
-        "model": loc.model_path,
-        "served_model_name": spec.model.served_model_name or loc.served_name,
-        "trust_remote_code": spec.model.trust_remote_code,
-        "quantization": plan.quantization,
-        "gpu_memory_percent": spec.memory.gpu_memory_percent,
-        "host_memory_percent": spec.memory.host_memory_percent,
-        "memory_headroom_percent": spec.memory.headroom_percent,
-        "max_batch_size": s.max_batch_size,
-        "prefix_caching": s.prefix_caching,
-        "batch_window_ms": s.batch_window_ms,
-        "max_concurrent_requests": s.max_concurrent_requests,
-        "max_queue": s.max_queue,
-        "max_input_tokens": s.max_input_tokens,
-        "max_new_tokens": s.max_new_tokens,
-        "request_timeout_s": s.request_timeout_seconds,
-        "max_body_bytes": s.max_body_bytes,
-        "max_images_per_request": s.max_images_per_request,
-        "max_image_pixels": s.max_image_pixels,
-        "max_decoded_pixels": s.max_decoded_pixels,
-        "port": s.port,
-        "rate_limit_rps": s.rate_limit_rps,
-        "rate_limit_per_key_rps": s.rate_limit_per_key_rps,
-        "api_keys_file": f"{pod.API_KEYS_DIR}/{pod.API_KEYS_FILE}" if s.api_key_secret else None,
-        "tls_cert_file": f"{pod.TLS_DIR}/tls.crt" if tls else None,
-        "tls_key_file": f"{pod.TLS_DIR}/tls.key" if tls else None,
-        "tls_client_ca_file": f"{pod.CLIENT_CA_DIR}/{pod.CLIENT_CA_FILE}" if s.client_ca_secret else None,
-        "shutdown_grace_s": pod.SHUTDOWN_GRACE_SECONDS,
-        "log_format": "json",
-    }
-    # Unset: left to the runtime's defaults (the device's step budget; a pool of what the budget leaves).
-    if s.max_batch_tokens is not None:
-        values["max_batch_tokens"] = s.max_batch_tokens
-    if s.kv_cache_tokens is not None:
-        values["kv_cache_tokens"] = s.kv_cache_tokens
-    if s.image_url_hosts:
-        values["image_url_hosts"] = ",".join(s.image_url_hosts)
-        values["image_url_timeout_s"] = s.image_url_timeout_seconds
-        values["image_url_max_bytes"] = s.image_url_max_bytes
-    if plan.quantization in ("nf4", "fp4"):
-        opts = spec.quantization_options or api.QuantizationOptions()
-        values["double_quant"] = opts.double_quant
-        values["compute_dtype"] = opts.compute_dtype
-    try:
-        _settings_checker().model_validate(values)
-    except pydantic.ValidationError as exc:
-        err = exc.errors()[0]
-        field = str(err["loc"][0])
-        raise SpecError(
-            _SETTING_SOURCE.get(field, "spec"),
-            f"the runtime would refuse {field}={err.get('input')!r}: {err['msg']}",
-        ) from None
-    return values
-
-
-def settings_checksum(data: Mapping[str, str]) -> str:
-    """sha256 of the ConfigMap data; on the pod template it rolls the pods when a setting changes."""
-    return hashlib.sha256(json.dumps(dict(data), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-# ================================================================================================
-# Templates
-# ================================================================================================
-
-
-# A character outside the BMP comes out of json.dumps as a UTF-16 surrogate pair, which YAML does not
-# accept; YAML's own escape for it is \UXXXXXXXX. (Only at an even run of backslashes: an escape.)
-_SURROGATE_PAIR = re.compile(r"(?<!\\)((?:\\\\)*)\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})")
-
-
-def _yaml_escape_pair(m: re.Match[str]) -> str:
-    high, low = int(m.group(2), 16), int(m.group(3), 16)
-    return f"{m.group(1)}\\U{0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00):08x}"
-
-
-def _to_json(value: Any) -> str:
-    # JSON is YAML flow syntax: user strings can never break the document structure. ASCII only,
-    # so no character YAML forbids (C1 controls, BOM) can slip in raw.
-    text = json.dumps(value, sort_keys=True, ensure_ascii=True)
-    return _SURROGATE_PAIR.sub(_yaml_escape_pair, text) if "\\ud" in text else text
-
-
-@cache
-def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("autoglm_operator", "templates"),
-        undefined=jinja2.StrictUndefined,
-        autoescape=False,  # YAML, not HTML; values go through the json filter
-        keep_trailing_newline=True,
-    )
-    env.filters["j"] = _to_json
-    return env
-
-
-@cache
-def _template(name: str) -> jinja2.Template:
-    return _environment().get_template(name)
-
-
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_Dumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-
-
-def _fill(name: str, context: Mapping[str, Any]) -> dict[str, Any]:
-    obj = yaml.load(_template(name).render(context), Loader=_Loader)  # noqa: S506 - safe loader
-    if not isinstance(obj, dict):
-        raise TypeError(f"template {name} did not produce an object")
-    return obj
 
 
 # ================================================================================================
@@ -256,19 +98,6 @@ class Rendered:
         return dump_json(self.objects)
 
 
-def dump_yaml(objects: list[dict[str, Any]]) -> str:
-    """Multi-document YAML, keys sorted: the same objects always give the same bytes."""
-    return "".join(
-        "---\n" + yaml.dump(o, Dumper=_Dumper, sort_keys=True, default_flow_style=False, width=120)
-        for o in objects
-    )
-
-
-def dump_json(objects: list[dict[str, Any]]) -> str:
-    """A ``v1/List`` of the objects, keys sorted."""
-    return json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}, sort_keys=True, indent=2) + "\n"
-
-
 def _plan(spec: AutoGLMDeploymentSpec, node_gpu: GpuInfo | None) -> MemoryPlan:
     from autoglm_operator.memory import plan_memory
     from autoglm_operator.memory.errors import MemoryFitError
@@ -276,7 +105,7 @@ def _plan(spec: AutoGLMDeploymentSpec, node_gpu: GpuInfo | None) -> MemoryPlan:
     try:
         return plan_memory(spec, node_gpu, allow_network=False)
     except MemoryFitError as exc:  # e.g. a model outside the catalog without spec.model.shape
-        raise SpecError(exc.field, exc.message) from None
+        raise SpecError(exc.field_path, exc.message) from None
 
 
 def _skip_reason(spec: AutoGLMDeploymentSpec, plan: MemoryPlan) -> str | None:
@@ -316,11 +145,60 @@ def render(
     loc = pod.model_location(spec, name)
     settings_env = to_env(runtime_settings(spec, plan, loc))
     checksum = settings_checksum(settings_env)
-
-    image = pod.image_ref(spec, operator_version)
     version = spec.image.tag or operator_version
     common = labels.common_labels(name, version)
     owner = labels.owner_reference(cr)
+    ctx = _context(spec, name, namespace, settings_env, common, owner)
+
+    objects = [fill("configmap.yaml.j2", ctx)]
+    cache = spec.model.cache
+    if cache is not None and cache.size and loc.fetch_source is not None:  # pvc:// sources need no cache
+        ctx["cache"] = {
+            "name": labels.cache_claim_name(name),
+            "size": cache.size,
+            "access_mode": cache.access_mode,
+            "storage_class_name": cache.storage_class_name,
+        }
+        objects.append(fill("pvc.yaml.j2", ctx))
+    objects.append(fill("service.yaml.j2", ctx))
+
+    skipped = _skip_reason(spec, plan)
+    if skipped is None:
+        image = pod.image_ref(spec, operator_version)
+        workload = _workload(
+            spec,
+            plan,
+            loc,
+            ctx,
+            image=image,
+            checksum=checksum,
+            common=common,
+            prometheus_address=prometheus_address,
+        )
+        objects.extend(workload)
+
+    if spec.routing.pool_enabled:  # pool and picker even when no pod fits: they follow the CR
+        ctx["routing"] = routing.context(spec, name, namespace, version=version, owner=owner)
+        objects.extend(routing.objects(spec, ctx, fill))
+
+    if spec.monitoring.service_monitor:
+        ctx["monitor"] = _monitor(spec, name, namespace)
+        objects.append(fill("servicemonitor.yaml.j2", ctx))
+
+    return Rendered(
+        objects=objects, spec=spec, plan=plan, settings_checksum=checksum, deployment_skipped_reason=skipped
+    )
+
+
+def _context(
+    spec: AutoGLMDeploymentSpec,
+    name: str,
+    namespace: str | None,
+    settings_env: Mapping[str, str],
+    common: Mapping[str, str],
+    owner: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """What every template is filled with: names, labels, the settings, the port and scheme."""
 
     def metadata(obj_name: str, extra_labels: Mapping[str, str] | None = None) -> dict[str, Any]:
         meta: dict[str, Any] = {"name": obj_name, "labels": {**(extra_labels or {}), **common}}
@@ -330,8 +208,7 @@ def render(
             meta["ownerReferences"] = [owner]
         return meta
 
-    tls = spec.serving.tls_secret is not None
-    ctx: dict[str, Any] = {
+    return {
         "metadata": metadata,
         "name": labels.workload_name(name),
         "namespace": namespace,
@@ -339,59 +216,25 @@ def render(
         "settings_env": settings_env,
         "selector": labels.selector_labels(name),
         "port": spec.serving.port,
-        "scheme": "HTTPS" if tls else "HTTP",
+        "scheme": "HTTPS" if spec.serving.tls_secret is not None else "HTTP",
     }
 
-    objects = [_fill("configmap.yaml.j2", ctx)]
-    cache = spec.model.cache
-    if cache is not None and cache.size and loc.fetch_source is not None:  # pvc:// sources need no cache
-        ctx["cache"] = {
-            "name": labels.cache_claim_name(name),
-            "size": cache.size,
-            "access_mode": cache.access_mode,
-            "storage_class_name": cache.storage_class_name,
-        }
-        objects.append(_fill("pvc.yaml.j2", ctx))
-    objects.append(_fill("service.yaml.j2", ctx))
 
-    skipped = _skip_reason(spec, plan)
-    if skipped is None:
-        objects.extend(
-            _workload(
-                spec,
-                plan,
-                loc,
-                ctx,
-                image=image,
-                checksum=checksum,
-                common=common,
-                prometheus_address=prometheus_address,
-            )
-        )
-
-    if spec.routing.pool_enabled:  # pool and picker even when no pod fits: they follow the CR
-        ctx["routing"] = routing.context(spec, name, namespace, version=version, owner=owner)
-        objects.extend(routing.objects(spec, ctx, _fill))
-
-    if spec.monitoring.service_monitor:
-        ctx["monitor"] = {
-            "interval": spec.monitoring.interval,
-            "labels": dict(sorted(spec.monitoring.labels.items())),
-            # cert-manager puts the issuing CA next to the pair; a plain kubernetes.io/tls Secret may not
-            "tls_config": (
-                {
-                    "ca": {"secret": {"name": spec.serving.tls_secret, "key": "ca.crt"}},
-                    "serverName": f"{name}.{namespace}.svc" if namespace else name,
-                }
-                if tls
-                else None
-            ),
-        }
-        objects.append(_fill("servicemonitor.yaml.j2", ctx))
-
-    return Rendered(
-        objects=objects, spec=spec, plan=plan, settings_checksum=checksum, deployment_skipped_reason=skipped
-    )
+def _monitor(spec: AutoGLMDeploymentSpec, name: str, namespace: str | None) -> dict[str, Any]:
+    """The ServiceMonitor's context: scrape interval, labels, TLS when the runtime serves HTTPS."""
+    return {
+        "interval": spec.monitoring.interval,
+        "labels": dict(sorted(spec.monitoring.labels.items())),
+        # cert-manager puts the issuing CA next to the pair; a plain kubernetes.io/tls Secret may not
+        "tls_config": (
+            {
+                "ca": {"secret": {"name": spec.serving.tls_secret, "key": "ca.crt"}},
+                "serverName": f"{name}.{namespace}.svc" if namespace else name,
+            }
+            if spec.serving.tls_secret is not None
+            else None
+        ),
+    }
 
 
 def _workload(
@@ -445,13 +288,13 @@ def _workload(
             "probes": pod.probes(spec, startup, scheme=ctx["scheme"]),
         }
     )
-    out = [_fill("deployment.yaml.j2", ctx)]
+    out = [fill("deployment.yaml.j2", ctx)]
     if autoscaled and spec.autoscaling is not None:
         ctx["hpa"] = autoscaling.context(
             spec, plan, name=ctx["name"], namespace=ctx["namespace"], prometheus_address=prometheus_address
         )
-        out.append(_fill(autoscaling.template(spec), ctx))
+        out.append(fill(autoscaling.template(spec), ctx))
     if (pdb := pod.disruption_budget(spec, replicas)) is not None:
         ctx["pdb"] = pdb
-        out.append(_fill("pdb.yaml.j2", ctx))
+        out.append(fill("pdb.yaml.j2", ctx))
     return out

@@ -1,7 +1,8 @@
 """``autoglm-runtime serve``: listen at once, load the model in the background, then serve.
 
 Every :class:`RuntimeSettings` field is a flag (``--gpu-memory-percent``), generated from the model
-so the two can never drift; each also reads ``AUTOGLM_*`` from the environment; flags win.
+so the two can never drift; each also reads ``AUTOGLM_*`` from the environment; flags win. A renamed
+setting's earlier flag (``--request-timeout-s``) is still accepted, deprecated, with a warning.
 Listening before the model is loaded keeps /healthz answering during a long load (no crash loop
 while a 9B model loads); /readyz flips when the model is loaded and warm. A load failure stops the
 server and exits 1 with a one-line message.
@@ -20,7 +21,9 @@ from typing import Any, get_args
 
 from pydantic import ValidationError
 
+from autoglm_runtime import serving_settings
 from autoglm_runtime.logs import LogFormatter
+from autoglm_runtime.serving_settings import ServingSettings, renamed
 from autoglm_runtime.settings import ENV_PREFIX, RuntimeSettings
 
 log = logging.getLogger("autoglm_runtime.serve")
@@ -36,28 +39,57 @@ def _field_type(annotation: Any) -> Any:
     return args[0] if args else annotation
 
 
+def _flag_kwargs(name: str, info: Any) -> dict[str, Any]:
+    kind = _field_type(info.annotation)
+    kwargs: dict[str, Any] = {"default": argparse.SUPPRESS}
+    if kind is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif isinstance(kind, type) and issubclass(kind, Enum):
+        kwargs["choices"] = [m.value for m in kind]
+    else:
+        kwargs["metavar"] = name.upper()
+    return kwargs
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per settings field; defaults are suppressed so only explicit flags override env."""
+    """One flag per settings field; defaults are suppressed so only explicit flags override env.
+    A renamed setting also keeps its earlier flag (its own ``dest``: the old name), deprecated."""
+    old_names = {new: old for old, new in renamed(RuntimeSettings).items()}
     for name, info in RuntimeSettings.model_fields.items():
-        kind = _field_type(info.annotation)
-        help_text = f"{info.description or ''} [env {ENV_PREFIX}{name.upper()}]"
+        text = serving_settings.description(name) if name in ServingSettings.model_fields else info.description
+        help_text = f"{text or ''} [env {ENV_PREFIX}{name.upper()}]"
         if not info.is_required():
             help_text += (
                 f" (default: {info.default.value if isinstance(info.default, Enum) else info.default})"
             )
-        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
-        if kind is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif isinstance(kind, type) and issubclass(kind, Enum):
-            kwargs["choices"] = [m.value for m in kind]
-        else:
-            kwargs["metavar"] = name.upper()
-        parser.add_argument(flag_name(name), **kwargs)
+        parser.add_argument(flag_name(name), dest=name, help=help_text, **_flag_kwargs(name, info))
+        if name in old_names:
+            old = old_names[name]
+            parser.add_argument(
+                flag_name(old),
+                dest=old,
+                help=f"Deprecated: use {flag_name(name)} [env {ENV_PREFIX}{old.upper()}, deprecated too].",
+                **_flag_kwargs(name, info),
+            )
+
+
+def _renamed_flags(args: argparse.Namespace, flags: dict[str, Any]) -> None:
+    """A renamed setting's earlier flag, as the new one (which wins where both are given)."""
+    for old, new in renamed(RuntimeSettings).items():
+        if not hasattr(args, old):
+            continue
+        if new in flags:
+            log.warning("%s is deprecated and ignored: %s is given too and wins", flag_name(old), flag_name(new))
+            continue
+        log.warning("%s is deprecated: use %s", flag_name(old), flag_name(new))
+        flags[new] = getattr(args, old)
 
 
 def settings_from_args(args: argparse.Namespace) -> RuntimeSettings:
-    """Flags over ``AUTOGLM_*`` env vars over defaults; raises ``ValueError`` with a one-line message."""
+    """Flags over ``AUTOGLM_*`` env vars over defaults; raises ``ValueError`` with a one-line message.
+    Renamed settings' earlier flags and env vars count as the new ones, below them, with a warning."""
     flags = {name: getattr(args, name) for name in RuntimeSettings.model_fields if hasattr(args, name)}
+    _renamed_flags(args, flags)
     try:
         return RuntimeSettings(**flags)
     except ValidationError as exc:
@@ -124,13 +156,48 @@ class BackgroundLoader:
         self.on_failure()
 
 
+class _Held(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _replay(records: list[logging.LogRecord]) -> None:
+    for record in records:
+        logger = logging.getLogger(record.name)
+        if logger.isEnabledFor(record.levelno):
+            logger.handle(record)
+
+
+def read_settings(args: argparse.Namespace) -> RuntimeSettings:
+    """:func:`settings_from_args`, then logging configured by them; what reading them logged (a
+    deprecated name's warning) is held until then, so it comes out in the configured format."""
+    logger, held = logging.getLogger("autoglm_runtime"), _Held()
+    logger.addHandler(held)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        try:
+            settings = settings_from_args(args)
+        finally:
+            logger.removeHandler(held)
+            logger.propagate = propagate
+    except ValueError:
+        _replay(held.records)  # before the error: logging as it is (Python's last-resort stderr)
+        raise
+    configure_logging(settings)
+    _replay(held.records)
+    return settings
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        settings = settings_from_args(args)
+        settings = read_settings(args)
     except ValueError as exc:
         print(f"autoglm-runtime serve: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings)
     log.info("Starting with settings %s", json.dumps(public_settings(settings)))
 
     import uvicorn

@@ -2,38 +2,55 @@
 
 This module is torch-free on purpose: the operator imports it to name the environment variables
 it renders into pods, so there is exactly one definition of each name (``AUTOGLM_<FIELD>``).
-Every field is also a ``autoglm-runtime serve`` flag (``--<field-with-dashes>``).
+Every field is also a ``autoglm-runtime serve`` flag (``--<field-with-dashes>``). The serving
+settings (batching, limits, memory shares: the ones the CR sets) are declared once, in
+:mod:`autoglm_runtime.serving_settings`, and inherited here; this module adds the runtime-only ones.
+A renamed setting's earlier env var (``AUTOGLM_REQUEST_TIMEOUT_S``) is still read, below the new one,
+with a warning (:class:`RenamedEnvSource`).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from autoglm_runtime.serving_settings import Quantization, ServingSettings, renamed
+
+__all__ = ["ENV_PREFIX", "ComputeDtype", "Quantization", "RuntimeSettings", "env_name", "to_env"]
 
 ENV_PREFIX = "AUTOGLM_"
 
+log = logging.getLogger("autoglm_runtime.settings")
 
-class Quantization(StrEnum):
-    """How the weights are held in memory. ``none`` keeps the checkpoint's dtype (fp32 on CPU)."""
 
-    NONE = "none"
-    FP16 = "fp16"
-    BF16 = "bf16"
-    INT8 = "int8"
-    NF4 = "nf4"
-    FP4 = "fp4"
+class RenamedEnvSource(PydanticBaseSettingsSource):
+    """The earlier env var of each renamed setting (``AUTOGLM_REQUEST_TIMEOUT_S``), read as the new
+    setting, deprecated. It sits below the env source, so the new variable wins where both are set;
+    either way one warning names the new variable."""
 
-    @property
-    def is_4bit(self) -> bool:
-        return self in (Quantization.NF4, Quantization.FP4)
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads the old names directly
 
-    @property
-    def is_bitsandbytes(self) -> bool:
-        return self in (Quantization.INT8, Quantization.NF4, Quantization.FP4)
+    def __call__(self) -> dict[str, Any]:
+        env = {key.upper(): value for key, value in os.environ.items()}  # case-insensitive, as the env source
+        values: dict[str, Any] = {}
+        for old, new in renamed(self.settings_cls).items():
+            old_env, new_env = ENV_PREFIX + old.upper(), ENV_PREFIX + new.upper()
+            if old_env not in env:
+                continue
+            if new_env in env:
+                log.warning("%s is deprecated and ignored: %s is set too and wins", old_env, new_env)
+                continue
+            log.warning("%s is deprecated: use %s", old_env, new_env)
+            values[new] = env[old_env]
+        return values
 
 
 class ComputeDtype(StrEnum):
@@ -44,7 +61,7 @@ class ComputeDtype(StrEnum):
     FP32 = "fp32"
 
 
-class RuntimeSettings(BaseSettings):
+class RuntimeSettings(BaseSettings, ServingSettings):
     """Everything one runtime pod needs; read from ``AUTOGLM_*`` env vars and CLI flags."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
@@ -57,7 +74,6 @@ class RuntimeSettings(BaseSettings):
         description="Name reported by /v1/models and accepted in requests; default: the model's folder name.",
     )
     trust_remote_code: bool = Field(False, description="Allow the model's own Python code (transformers).")
-    quantization: Quantization = Field(Quantization.NONE, description="none, fp16, bf16, int8, nf4 or fp4.")
     double_quant: bool = Field(True, description="4-bit only: quantize the quantization constants too.")
     compute_dtype: ComputeDtype = Field(ComputeDtype.BF16, description="4-bit only: matmul compute dtype.")
     cache_dir: Path | None = Field(None, description="Where fetched weights live (the model cache volume).")
@@ -66,77 +82,12 @@ class RuntimeSettings(BaseSettings):
         0, ge=0, le=1024, description="CPU threads torch may use; 0 = torch's default."
     )
 
-    # --- memory ------------------------------------------------------------------------------
-    gpu_memory_percent: int = Field(90, ge=10, le=100, description="Share of each visible GPU's memory.")
-    host_memory_percent: int = Field(75, ge=10, le=100, description="Share of the container memory limit.")
-    memory_headroom_percent: int = Field(
-        10,
-        ge=0,
-        le=50,
-        description="Share of the memory budget the KV pool leaves free (the fit check's headroom).",
-    )
-
-    # --- batching and limits -----------------------------------------------------------------
-    max_batch_size: int = Field(
-        8, ge=1, le=256, description="Requests decoded together; 1 disables batching."
-    )
-    max_batch_tokens: int = Field(
-        0,
-        ge=0,
-        le=1_048_576,
-        description="Tokens one engine step runs (decode tokens + prompt chunks); 0 = 2048 on a GPU, 512 on a CPU.",
-    )
-    kv_cache_tokens: int = Field(
-        0,
-        ge=0,
-        le=100_000_000,
-        description="Cap on the KV pool, in tokens; 0 = size it from the memory left.",
-    )
-    prefix_caching: bool = Field(True, description="Reuse the KV blocks of prompt prefixes seen before.")
-    batch_window_ms: float = Field(5.0, ge=0, le=1000, description="How long to wait to fill a batch.")
-    max_concurrent_requests: int = Field(64, ge=1, le=10000, description="Requests admitted at once.")
-    max_queue: int = Field(256, ge=0, le=100000, description="Admitted requests waiting beyond that get 429.")
-    max_input_tokens: int = Field(4096, ge=1, le=1_048_576, description="Longest prompt, in tokens.")
-    max_new_tokens: int = Field(512, ge=1, le=1_048_576, description="Most tokens generated per request.")
-    request_timeout_s: float = Field(300.0, gt=0, description="Wall-clock limit per request.")
-    max_body_bytes: int = Field(
-        20 * 1_048_576,
-        ge=1024,
-        description="Largest accepted HTTP request body (20 MiB: a phone screenshot as a PNG data URL fits).",
-    )
-    # --- images (vision models) --------------------------------------------------------------
-    max_images_per_request: int = Field(10, ge=0, le=256, description="Images one chat request may carry.")
-    max_image_pixels: int | None = Field(
-        None,
-        ge=12544,
-        description="Pixels an image is resized to at most before it becomes tokens (the image processor's "
-        "max_pixels); default: the model's own. Fewer pixels, fewer image tokens.",
-    )
-    max_decoded_pixels: int = Field(
-        40_000_000,
-        ge=1,
-        description="Largest image (width x height) decoded at all; bigger ones (decompression bombs) are "
-        "refused from their header, before decoding.",
-    )
     image_decode_concurrency: int = Field(
         4, ge=1, le=256, description="Images decoded and preprocessed at once (off the event loop)."
-    )
-    image_url_hosts: str = Field(
-        "",
-        max_length=4096,
-        description="Comma-separated hosts whose http(s) image URLs are fetched (*.example.com for "
-        "subdomains); empty = remote image URLs are refused (send data: URLs).",
-    )
-    image_url_timeout_s: float = Field(
-        10.0, gt=0, le=300, description="Time limit of one remote image fetch."
-    )
-    image_url_max_bytes: int = Field(
-        20 * 1_048_576, ge=1024, description="Largest remote image fetched; bigger ones are refused."
     )
 
     # --- HTTP and security -------------------------------------------------------------------
     host: str = Field("0.0.0.0", description="Bind address.")
-    port: int = Field(8000, ge=1, le=65535, description="Bind port.")
     api_keys_file: Path | None = Field(None, description="One API key per line; unset = no auth.")
     metrics_require_auth: bool = Field(False, description="Require an API key on /metrics too.")
     tls_cert_file: Path | None = Field(None, description="PEM certificate; HTTPS when set with the key.")
@@ -144,24 +95,28 @@ class RuntimeSettings(BaseSettings):
     tls_client_ca_file: Path | None = Field(
         None, description="CA bundle; when set, clients need a certificate."
     )
-    rate_limit_rps: float = Field(0.0, ge=0, description="Token-bucket rate for all requests; 0 = off.")
     rate_limit_burst: int = Field(0, ge=0, description="Bucket size; 0 = max(1, rate).")
-    rate_limit_per_key_rps: float = Field(0.0, ge=0, description="Token-bucket rate per API key; 0 = off.")
     shutdown_grace_s: float = Field(25.0, ge=0, description="SIGTERM: time to finish in-flight requests.")
-    breaker_failure_threshold: int = Field(
-        5,
-        ge=1,
-        le=1000,
-        description="Requests failing in a row (each in a batch of its own) that open the breaker.",
-    )
-    breaker_window_s: float = Field(
-        60.0, gt=0, description="The failures must fall within this many seconds."
-    )
-    breaker_cooldown_s: float = Field(
-        10.0, gt=0, description="Open breaker: seconds of fast 503s before one probe request is let through."
-    )
     log_format: str = Field("json", pattern="^(json|text)$", description="json (in pods) or text.")
     log_level: str = Field("INFO", description="Python log level.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Keyword arguments (the flags) over AUTOGLM_* over the renamed settings' earlier env vars.
+        return init_settings, env_settings, RenamedEnvSource(settings_cls), dotenv_settings, file_secret_settings
+
+    @field_validator("max_batch_tokens", "kv_cache_tokens", mode="before")
+    @classmethod
+    def _zero_is_unset(cls, v: Any) -> Any:
+        # 0 was these settings' "not set" before None was; still read as not set.
+        return None if v in (0, "0") else v
 
     @field_validator("log_level")
     @classmethod

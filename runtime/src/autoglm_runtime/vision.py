@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autoglm_runtime.serving_settings import DEFAULT_MAX_BODY_BYTES
+
 log = logging.getLogger(__name__)
 
 ALLOWED_MIME = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/webp": "WEBP"}
@@ -55,13 +57,13 @@ class RemoteImages:
 
     hosts: tuple[str, ...] = ()  # exact host names, or "*.example.com"
     timeout_s: float = 10.0
-    max_bytes: int = 20 * 1_048_576
+    max_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_redirects: int = 3
 
     @classmethod
     def from_settings(cls, settings: Any) -> RemoteImages:
         hosts = tuple(h.strip().lower() for h in settings.image_url_hosts.split(",") if h.strip())
-        return cls(hosts, settings.image_url_timeout_s, settings.image_url_max_bytes)
+        return cls(hosts, settings.image_url_timeout_seconds, settings.image_url_max_bytes)
 
     def allows(self, host: str) -> bool:
         host = host.lower().rstrip(".")

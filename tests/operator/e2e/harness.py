@@ -19,7 +19,7 @@ from typing import Any
 
 from autoglm_operator import api, metrics
 from autoglm_operator.commands import run as run_cmd
-from autoglm_operator.kube import KINDS, ApiError, Kube, load_configuration
+from autoglm_operator.kube import KINDS, Kube, KubeApiError, load_configuration
 
 CR = KINDS[api.KIND]
 TIMEOUT = 20.0  # generous: the machine is shared; the scenarios usually settle in well under a second
@@ -221,7 +221,7 @@ async def cluster_namespace(needed_kinds: tuple[str, ...], prefix: str) -> Async
     for kind in needed_kinds:
         try:
             kube.list(KINDS[kind], None)
-        except ApiError as e:
+        except KubeApiError as e:
             kube.close()
             pytest.skip(
                 f"the {kind} CRD is not installed (kubectl apply --server-side -f crds/ -f ../shared/crds/): {e}"

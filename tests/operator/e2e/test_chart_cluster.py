@@ -24,7 +24,7 @@ import yaml
 from kubernetes import client as k8s
 
 from autoglm_operator import api
-from autoglm_operator.kube import KINDS, ApiError, Kind, Kube, load_configuration
+from autoglm_operator.kube import KINDS, Kind, Kube, KubeApiError, load_configuration
 from tests.conftest import EXAMPLES, REPO
 
 from .conftest import CLUSTER
@@ -264,7 +264,7 @@ def test_invalid_crs_are_refused_naming_the_field(
     obj.setdefault("metadata", {})["namespace"] = namespace
     version = obj.get("apiVersion", api.API_VERSION)
     kind = Kind(version, api.KIND, api.PLURAL)
-    with pytest.raises(ApiError) as refused:
+    with pytest.raises(KubeApiError) as refused:
         kube._call(
             "POST",
             kind.path(namespace),

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from autoglm_operator import api
-from autoglm_operator.kube import KINDS, ApiError
+from autoglm_operator.kube import KINDS, KubeApiError
 
 from . import scenarios
 from .conftest import CLUSTER
@@ -86,7 +86,7 @@ async def test_keda_scaled_object_is_admitted(cluster: Harness) -> None:
     """Needs KEDA's CRD (../shared/crds/keda.sh_scaledobjects.yaml) installed, not KEDA itself."""
     try:
         cluster.kube.list(KINDS["ScaledObject"], cluster.namespace)
-    except ApiError as e:
+    except KubeApiError as e:
         pytest.skip(f"KEDA's ScaledObject CRD is not installed: {e}")
     await cluster.start_operator()
     await scenarios.keda_scaled_object_replaces_the_hpa(cluster)

@@ -306,7 +306,7 @@ def run(args: argparse.Namespace) -> int:
                 return 2
             results.append((name, spec, plan_memory(spec, allow_network=args.network)))
     except MemoryFitError as exc:
-        print(f"error: {exc.field}: {exc.message}", file=sys.stderr)
+        print(f"error: {exc.field_path}: {exc.message}", file=sys.stderr)
         return 2
     except (OSError, yaml.YAMLError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -8,7 +8,7 @@ Public API (used by render, the CLI and status):
 - ``resolve_gpu(gpu_spec, node_gpu=None) -> GpuInfo | None``; ``gpu_from_node_labels(labels)``
 - ``estimate(shape, quantization, gpu, count, ...) -> Estimate``
 - ``shape_from_config(config_dict, name) -> ModelShape``; ``lookup_model(source)``; ``lookup_gpu(name)``
-- ``MemoryFitError(ValueError)`` with ``.field`` (the spec path to fix)
+- ``MemoryFitError(ValueError)`` with ``.field_path`` (the spec path to fix)
 
 The formula and every constant: docs/memory.md.
 """

@@ -6,13 +6,13 @@ from __future__ import annotations
 class MemoryFitError(ValueError):
     """The spec (or a model config) does not allow an estimate.
 
-    ``field`` is the spec path a user should look at, e.g. ``spec.model.source`` or
+    ``field_path`` is the spec path a user should look at (named as :class:`SpecError`'s), e.g. ``spec.model.source`` or
     ``spec.resources.gpu.product``; the operator puts it in the Degraded condition and the CLI prints it.
     """
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
+    def __init__(self, field_path: str, message: str) -> None:
+        super().__init__(f"{field_path}: {message}")
+        self.field_path = field_path
         self.message = message
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from autoglm_operator.memory.types import GIB, MIB, Estimate, GpuInfo, ModelShape
 from autoglm_runtime import kvplan
+from autoglm_runtime.serving_settings import DEFAULT_MAX_BATCH_SIZE
 
 MODES = ("none", "bf16", "fp16", "int8", "nf4", "fp4")
 
@@ -33,7 +34,7 @@ CPU_PROCESS_BYTES = 1 * GIB
 class Workload:
     """The serving limits that size the step and the KV cache (spec.serving)."""
 
-    max_batch_size: int = 8
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     max_input_tokens: int = 4096
     max_new_tokens: int = 512
     max_batch_tokens: int | None = None  # tokens per engine step; None = the device's default
@@ -106,6 +107,24 @@ def activation_bytes(
     )
 
 
+def _pool_capacity(
+    budget: int, used: int, headroom_percent: int, activations: int, kv_per_token: int, workload: Workload
+) -> tuple[int, int]:
+    """Tokens the runtime's KV pool will hold (the runtime's own formula, capped by kvCacheTokens),
+    and how many full-length requests that is."""
+    pool = kvplan.pool_plan(
+        budget_bytes=budget,
+        used_bytes=used,
+        headroom_percent=headroom_percent,
+        activation=activations,
+        kv_per_token=kv_per_token,
+    )
+    blocks = pool.blocks
+    if workload.kv_cache_tokens:
+        blocks = min(blocks, kvplan.blocks_for(workload.kv_cache_tokens))
+    return blocks * kvplan.BLOCK_SIZE, blocks // kvplan.blocks_for(workload.request_tokens)
+
+
 def estimate(
     shape: ModelShape,
     quantization: str,
@@ -141,7 +160,6 @@ def estimate(
     total = weights + kv + overhead
 
     supported, note = True, ""
-    pool: kvplan.PoolPlan | None = None
     if on_cpu:
         if host_budget_bytes is None:
             budget, headroom = total, 0
@@ -160,22 +178,11 @@ def estimate(
             note = f"bf16 needs compute capability >= 8.0; {gpu.name} has {cc[0]}.{cc[1]}"
         elif uses_bf16 and cc is None:
             note = "compute capability unknown: bf16 assumed to work (set resources.gpu.computeCapability)"
-    if budget > 0 and not (on_cpu and host_budget_bytes is None):
-        pool = kvplan.pool_plan(
-            budget_bytes=budget,
-            used_bytes=weights + context,
-            headroom_percent=headroom_percent,
-            activation=activations,
-            kv_per_token=kv_per_token,
-        )
     pool_tokens = full_requests = None
-    if pool is not None:
-        blocks = pool.blocks
-        if workload.kv_cache_tokens:
-            blocks = min(blocks, kvplan.blocks_for(workload.kv_cache_tokens))
-        pool_tokens = blocks * kvplan.BLOCK_SIZE
-        need = kvplan.blocks_for(workload.request_tokens)
-        full_requests = blocks // need
+    if budget > 0 and not (on_cpu and host_budget_bytes is None):
+        pool_tokens, full_requests = _pool_capacity(
+            budget, weights + context, headroom_percent, activations, kv_per_token, workload
+        )
     return Estimate(
         quantization=quantization,
         weights_bytes=weights,

@@ -179,6 +179,42 @@ def _smaller_workload(
     return hints
 
 
+def _estimate_options(spec: AutoGLMDeploymentSpec, gpu: GpuInfo | None) -> dict[str, object]:
+    """The spec's budget and 4-bit options, as :func:`estimate` takes them (the same for every mode)."""
+    options = spec.quantization_options
+    host_budget = None
+    if gpu is None and spec.resources.limits.memory:
+        limit = parse_quantity(spec.resources.limits.memory, "spec.resources.limits.memory")
+        host_budget = limit * spec.memory.host_memory_percent // 100
+    return {
+        "gpu_memory_percent": spec.memory.gpu_memory_percent,
+        "headroom_percent": spec.memory.headroom_percent,
+        "double_quant": options.double_quant if options else True,
+        "compute_dtype": options.compute_dtype.value if options else "bf16",
+        "host_budget_bytes": host_budget,
+    }
+
+
+def _choose_auto(by_mode: dict[str, Estimate], gpu: GpuInfo | None) -> tuple[Estimate | None, list[str]]:
+    """``quantization: auto``: the first mode of :data:`AUTO_ORDER` allowed here that fits (None when
+    none does), and why each one before it was passed over."""
+    skipped: list[str] = []
+    for mode in AUTO_ORDER:
+        e = by_mode[mode]
+        if not _auto_allowed(mode, gpu):
+            cc = gpu.compute_capability if gpu else None
+            skipped.append(
+                f"bf16 skipped: compute capability {cc[0]}.{cc[1]} < 8.0"
+                if cc
+                else "bf16 skipped: compute capability unknown (set spec.resources.gpu.computeCapability)"
+            )
+            continue
+        if e.fits:
+            return e, skipped
+        skipped.append(_why_not(e))
+    return None, skipped
+
+
 def plan_memory(
     spec: AutoGLMDeploymentSpec,
     node_gpu: GpuInfo | None = None,
@@ -194,7 +230,7 @@ def plan_memory(
     except GpuUnknownError as exc:
         if spec.quantization.value == "auto":
             raise MemoryFitError(
-                exc.field,
+                exc.field_path,
                 "quantization auto cannot choose a mode without knowing the GPU: the spec names no GPU "
                 f"product or memory and no node label says it; {GPU_UNKNOWN_HINT} (or set an explicit "
                 "spec.quantization to deploy without a fit check)",
@@ -202,18 +238,7 @@ def plan_memory(
         return _plan_unknown_gpu(spec, shape)
     count = gpu_spec.count if gpu is not None else 0
     workload = workload_of(spec)
-    options = spec.quantization_options
-    host_budget = None
-    if gpu is None and spec.resources.limits.memory:
-        limit = parse_quantity(spec.resources.limits.memory, "spec.resources.limits.memory")
-        host_budget = limit * spec.memory.host_memory_percent // 100
-    kwargs: dict[str, object] = {
-        "gpu_memory_percent": spec.memory.gpu_memory_percent,
-        "headroom_percent": spec.memory.headroom_percent,
-        "double_quant": options.double_quant if options else True,
-        "compute_dtype": options.compute_dtype.value if options else "bf16",
-        "host_budget_bytes": host_budget,
-    }
+    kwargs = _estimate_options(spec, gpu)
     table = [estimate(shape, mode, gpu, count, workload=workload, **kwargs) for mode in MODES]  # type: ignore[arg-type]
     by_mode = {e.quantization: e for e in table}
     requested = spec.quantization.value
@@ -236,22 +261,7 @@ def plan_memory(
         )
 
     if requested == "auto":
-        skipped: list[str] = []
-        chosen: Estimate | None = None
-        for mode in AUTO_ORDER:
-            e = by_mode[mode]
-            if not _auto_allowed(mode, gpu):
-                cc = gpu.compute_capability if gpu else None
-                skipped.append(
-                    f"bf16 skipped: compute capability {cc[0]}.{cc[1]} < 8.0"
-                    if cc
-                    else "bf16 skipped: compute capability unknown (set spec.resources.gpu.computeCapability)"
-                )
-                continue
-            if e.fits:
-                chosen = e
-                break
-            skipped.append(_why_not(e))
+        chosen, skipped = _choose_auto(by_mode, gpu)
         if chosen is not None:
             reason = "; ".join([*skipped, _fits(chosen)]) + f" on {where}"
         else:

@@ -236,7 +236,7 @@ class Engine:
             params=params,
             loop=asyncio.get_running_loop(),
             queue=asyncio.Queue(),
-            deadline=time.monotonic() + self.config.request_timeout_s,
+            deadline=time.monotonic() + self.config.request_timeout_seconds,
         )
         with self._lock:
             pending = len(self._waiting) + len(self._running)
@@ -290,10 +290,18 @@ class Engine:
                             break
                         self._lock.wait(left)
                 now = time.monotonic()
+                max_wait = self.config.max_queue_wait_seconds
                 for r in list(self._waiting):
                     if r.cancelled or now > r.deadline:
                         self._waiting.remove(r)
                         self._finish(r, None if r.cancelled else RequestTimeoutError("request timed out"))
+                    elif (
+                        max_wait is not None
+                        and r.first_token_at is None  # nothing streamed yet: the client can retry elsewhere
+                        and time.perf_counter() - r.submitted_at > max_wait
+                    ):
+                        self._waiting.remove(r)
+                        self._finish(r, QueueFullError(f"waited over {max_wait:g} s in the queue; retry later"))
                 shed = list(self._waiting) if self.breaker.is_open else []
                 if shed:
                     self._waiting.clear()

@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from autoglm_runtime.serving_settings import EngineSettings
+
 if TYPE_CHECKING:
     from autoglm_runtime.engine.core import Engine
 
@@ -97,29 +99,13 @@ class EngineStats:
     preemptions: int = 0  # rows that gave their blocks back and were recomputed later
 
 
-@dataclass(frozen=True)
-class EngineConfig:
-    max_batch_size: int = 8
-    batch_window_ms: float = 5.0
-    max_concurrent_requests: int = 64
-    max_queue: int = 256
-    max_input_tokens: int = 4096
-    max_new_tokens: int = 512
-    max_batch_tokens: int = 0  # per step; 0 = the device's default (kvplan.default_batch_tokens)
-    kv_cache_tokens: int = 0  # cap on the KV pool; 0 = sized from the memory left after loading
-    prefix_caching: bool = True
-    memory_headroom_percent: int = 10
-    gpu_memory_percent: int = 90
-    host_memory_percent: int = 75
-    quantization: str = "none"
-    request_timeout_s: float = 300.0
-    breaker_failure_threshold: int = 5
-    breaker_window_s: float = 60.0
-    breaker_cooldown_s: float = 10.0
+class EngineConfig(EngineSettings):
+    """The engine's configuration: its fields are the engine's part of the serving settings, declared
+    once in :mod:`autoglm_runtime.serving_settings` (``None`` = not set: the engine picks)."""
 
     @classmethod
-    def from_settings(cls, settings: Any) -> EngineConfig:
-        return cls(**{name: getattr(settings, name) for name in cls.__dataclass_fields__})
+    def from_settings(cls, settings: EngineSettings) -> EngineConfig:
+        return cls(**{name: getattr(settings, name) for name in EngineSettings.model_fields})
 
 
 _ids = itertools.count(1)

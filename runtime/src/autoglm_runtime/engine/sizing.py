@@ -89,7 +89,7 @@ def plan_pool(runner: Any, config: EngineConfig) -> PoolSizing:
     plan = kvplan.pool_plan(
         budget_bytes=budget,
         used_bytes=used,
-        headroom_percent=config.memory_headroom_percent,
+        headroom_percent=config.headroom_percent,
         activation=activation,
         kv_per_token=kv,
     )
