@@ -18,7 +18,8 @@ skipped and says so):
 4. ``serve-text`` — the real HTTP server (``autoglm-runtime serve``): output tokens/s at 16 concurrent
    requests over 1 (target >= 6x), and the text agent workload with prefix reuse;
    ``serve-text-noprefix`` the same agent workload without it (TTFT ratio, target >= 3x);
-5. ``serve-phone`` — the phone agent's step: one 1080x2400 screenshot (3,354 image tokens) + history;
+5. ``serve-phone`` — the phone agent's step: one 1080x2400 screenshot (3,354 image tokens; 540x1200 on
+   the tiny scale) + history;
 6. ``transformers`` — side by side: transformers' own ``generate`` at batch 1 and its
    continuous-batching ``generate_batch`` with 16 prompts, on the same text model.
 
@@ -48,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.gpu_parts import SCALES, Scale, machine, run_part
+from benchmarks.servers import cuda_possible
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -230,7 +232,7 @@ def fork_runner(args: argparse.Namespace, state: Path) -> Runner:
                 fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                 os.dup2(fd, 1)
                 os.dup2(fd, 2)
-                rc = run_part(part.name, scale, state)
+                rc = run_part(part.name, scale, state, forked=True)
             except BaseException:  # noqa: BLE001 - the child reports and exits, never returns
                 import traceback
 
@@ -348,7 +350,8 @@ def rows(results: Sequence[PartResult], on_gpu: bool) -> list[dict[str, Any]]:
         elif r.name == "serve-phone":
             run = d.get("run", {})
             lat = (run.get("step_latency_s") or {}).get("p50")
-            row(r.name, "phone step latency p50", f"{_fmt(lat, ' s')} ({d.get('image_tokens')} image tokens, "
+            shot = f"{d['screenshot']} screenshot, " if "screenshot" in d else ""
+            row(r.name, "phone step latency p50", f"{_fmt(lat, ' s')} ({shot}{d.get('image_tokens')} image tokens, "
                 f"{run.get('steps_ok', 0)} steps, {run.get('error_count', '?')} errors)",
                 device=dev, model="vision", mode=d.get("mode", ""))  # fmt: skip
         elif r.name == "transformers":
@@ -434,11 +437,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         scale = SCALES[args.scale]
         return run_part(args.run_part, scale, args.state)
 
-    # Read the machine in a child: a CUDA context in this process would hold memory on the card for
-    # the whole run and count in every part's peak.
-    probe = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--machine-json"], cwd=REPO,
-                           capture_output=True, text=True, timeout=180, check=True)  # fmt: skip
-    info = json.loads(probe.stdout.strip().splitlines()[-1])
+    if cuda_possible():
+        # Read the machine in a child: a CUDA context in this process would hold memory on the card
+        # for the whole run and count in every part's peak.
+        probe = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--machine-json"], cwd=REPO,
+                               capture_output=True, text=True, timeout=180, check=True)  # fmt: skip
+        info = json.loads(probe.stdout.strip().splitlines()[-1])
+    else:  # no NVIDIA driver: no CUDA context to fear, and the CPU form's forks want torch here anyway
+        info = machine()
     on_gpu = info["gpu"] is not None
     if args.scale == "auto":
         args.scale = "gpu" if on_gpu else "tiny"

@@ -51,6 +51,7 @@ class Scale:
     agent_steps: int
     system_tokens: int
     phone_steps: int
+    screenshot: tuple[int, int]  # the phone step's screenshot (width, height)
     copy_bytes: int  # the device-to-device copy that measures the memory bandwidth
 
 
@@ -58,13 +59,15 @@ GPU = Scale(
     name="gpu", text_shape=TEXT_CATALOG, vision_shape=VISION_CATALOG, vocab_size=151552,
     decode_tokens=64, max_input_tokens=4096, max_new_tokens=512, max_batch_tokens=2048,
     kv_cache_tokens=16 * 4608, c1_requests=4, c16_requests=32, output_tokens=64,
-    agent_sessions=8, agent_steps=4, system_tokens=1500, phone_steps=3, copy_bytes=1 << 30,
+    agent_sessions=8, agent_steps=4, system_tokens=1500, phone_steps=3, screenshot=(1080, 2400),
+    copy_bytes=1 << 30,
 )  # fmt: skip
 TINY = Scale(
     name="tiny", text_shape=None, vision_shape=None, vocab_size=1024,
     decode_tokens=16, max_input_tokens=4096, max_new_tokens=64, max_batch_tokens=512,
     kv_cache_tokens=8192, c1_requests=2, c16_requests=16, output_tokens=8,
-    agent_sessions=2, agent_steps=3, system_tokens=300, phone_steps=1, copy_bytes=64 << 20,
+    agent_sessions=2, agent_steps=3, system_tokens=300, phone_steps=1, screenshot=(540, 1200),
+    copy_bytes=16 << 20,
 )  # fmt: skip
 SCALES = {"gpu": GPU, "tiny": TINY}
 
@@ -434,7 +437,7 @@ def _server_mode(state: Path, kind: str) -> str:
     return "nf4"
 
 
-def part_serve_text(scale: Scale, state: Path, prefix: bool) -> dict[str, Any]:
+def part_serve_text(scale: Scale, state: Path, prefix: bool, forked: bool = False) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from benchmarks.engine_bench import SERVED as SERVED_FLAGS
@@ -451,6 +454,7 @@ def part_serve_text(scale: Scale, state: Path, prefix: bool) -> dict[str, Any]:
     spec = autoglm_spec("serve-text" if prefix else "serve-text-noprefix", folder, quantization=mode,
                         max_batch_size=16, extra=extra)  # fmt: skip
     spec.memory_cap_bytes = NO_MEMORY_CAP
+    spec.fork = forked
     tokenizer = AutoTokenizer.from_pretrained(folder)
     system = _text_of_tokens(tokenizer, scale.system_tokens)
     result: dict[str, Any] = {"device": device_name(), "mode": mode, "prefix_caching": prefix}
@@ -473,7 +477,7 @@ def part_serve_text(scale: Scale, state: Path, prefix: bool) -> dict[str, Any]:
     return result
 
 
-def part_serve_phone(scale: Scale, state: Path) -> dict[str, Any]:
+def part_serve_phone(scale: Scale, state: Path, forked: bool = False) -> dict[str, Any]:
     from PIL import Image
 
     from autoglm_runtime.vision import load_image_processor
@@ -483,15 +487,19 @@ def part_serve_phone(scale: Scale, state: Path) -> dict[str, Any]:
     folder = state / "models" / "vision"
     mode = _server_mode(state, "vision")
     processor = load_image_processor(str(folder))
-    grid = processor(images=[Image.new("RGB", (1080, 2400))], return_tensors="pt")["image_grid_thw"][0]
+    grid = processor(images=[Image.new("RGB", scale.screenshot)], return_tensors="pt")["image_grid_thw"][0]
     image_tokens = int(grid.prod()) // 4  # merge 2 x 2
     extra = ["--served-model-name", PHONE, "--max-input-tokens", "32768", "--max-new-tokens", "64"]
     spec = autoglm_spec("serve-phone", folder, quantization=mode, max_batch_size=4, extra=extra)
     spec.memory_cap_bytes = NO_MEMORY_CAP
+    spec.fork = forked
     with launched([spec], state / "logs" / "servers", timeout_s=240) as (server,):
-        run = asyncio.run(run_sessions(server.spec.base_url, "autoglm", 1, scale.phone_steps, 16))
+        run = asyncio.run(
+            run_sessions(server.spec.base_url, "autoglm", 1, scale.phone_steps, 16, scale.screenshot)
+        )
         ready = server.ready_s
-    return {"device": device_name(), "mode": mode, "ready_s": ready, "image_tokens": image_tokens, "run": run}
+    return {"device": device_name(), "mode": mode, "ready_s": ready, "image_tokens": image_tokens,
+            "screenshot": "x".join(map(str, scale.screenshot)), "run": run}  # fmt: skip
 
 
 def part_transformers(scale: Scale, state: Path) -> dict[str, Any]:
@@ -560,26 +568,44 @@ def part_transformers(scale: Scale, state: Path) -> dict[str, Any]:
 
 
 def part_pytest(state: Path) -> dict[str, Any]:
-    """The gpu-marked tests; on a machine without CUDA they skip (the count says so)."""
+    """The gpu-marked tests, in this process (no fresh interpreter to import torch again); on a
+    machine without CUDA they skip (the count says so). Their output goes to logs/pytest-gpu.txt."""
     import re
 
+    import pytest
+
     report = state / "logs" / "pytest-gpu.txt"
-    out = subprocess.run(
-        [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "-o", "addopts=-ra",
-         "tests/runtime/test_gpu.py"],
-        cwd=REPO, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    report.write_text(out.stdout + out.stderr)
-    last = (out.stdout.strip().splitlines() or [""])[-1]
+    os.chdir(REPO)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with report.open("wb") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            # Only the plugins the tests use (the wheelhouse's), not whatever else the node has.
+            os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+            rc = int(pytest.main(["-m", "gpu", "-q", "-p", "no:cacheprovider", "-p", "pytest_asyncio.plugin",
+                                  "-p", "pytest_timeout", "-o", "addopts=-ra", "tests/runtime/test_gpu.py"]))  # fmt: skip
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+    text = report.read_text(errors="replace")
+    last = (text.strip().splitlines() or [""])[-1]
     counts = {
         k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|error|errors|deselected)", last)
     }
-    return {"device": device_name(), "exit": out.returncode, "summary": last.strip("= "), "counts": counts,
-            "ok": out.returncode in (0, 5) and not counts.get("failed") and not counts.get("error")}  # fmt: skip
+    return {"device": device_name(), "exit": rc, "summary": last.strip("= "), "counts": counts,
+            "ok": rc in (0, 5) and not counts.get("failed") and not counts.get("error")}  # fmt: skip
 
 
-def run_part(name: str, scale: Scale, state: Path) -> int:
-    """Child-process entry: run one part, write parts/NAME.json; exit 0 when it ran."""
+def run_part(name: str, scale: Scale, state: Path, *, forked: bool = False) -> int:
+    """Child-process entry: run one part, write parts/NAME.json; exit 0 when it ran. ``forked``: this
+    process is a fork of one that imported the runtime (the CPU form), and so are its servers."""
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
@@ -599,11 +625,11 @@ def run_part(name: str, scale: Scale, state: Path) -> int:
         _, kind, mode = name.split("-")
         data = part_load(kind, mode, scale, state)
     elif name == "serve-text":
-        data = part_serve_text(scale, state, prefix=True)
+        data = part_serve_text(scale, state, prefix=True, forked=forked)
     elif name == "serve-text-noprefix":
-        data = part_serve_text(scale, state, prefix=False)
+        data = part_serve_text(scale, state, prefix=False, forked=forked)
     elif name == "serve-phone":
-        data = part_serve_phone(scale, state)
+        data = part_serve_phone(scale, state, forked=forked)
     elif name == "transformers":
         data = part_transformers(scale, state)
     else:
