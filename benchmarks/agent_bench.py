@@ -90,7 +90,12 @@ def step_body(
 
 
 async def run_sessions(
-    base: str, backend: str, sessions: int, steps: int, output_tokens: int, size: tuple[int, int] = (1080, 2400)
+    base: str,
+    backend: str,
+    sessions: int,
+    steps: int,
+    output_tokens: int,
+    size: tuple[int, int] = (1080, 2400),
 ) -> dict[str, Any]:
     workload = Workload(prompt="", endpoint="chat", backend=backend, timeout_s=900)
     latencies: list[float] = []
