@@ -523,6 +523,7 @@ def part_transformers(scale: Scale, state: Path) -> dict[str, Any]:
     result: dict[str, Any] = {"device": device_name(), "transformers": transformers.__version__,
                               "dtype": "bf16", "load_s": round(time.perf_counter() - started, 2)}  # fmt: skip
     ids = tokenizer(make_prompt(64, tokenizer), return_tensors="pt").to(model.device)
+    ids.pop("token_type_ids", None)  # some tokenizers return them; generate refuses them
     n = scale.output_tokens
     sync = torch.cuda.synchronize if on_gpu else (lambda: None)
     with torch.inference_mode():
