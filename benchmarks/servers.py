@@ -209,6 +209,9 @@ def _forked_runtime(args: list[str], env: dict[str, str], log_fd: int, limit: Ca
         limit()
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
+        # Python-level streams onto the log too (a caller such as pytest may have replaced them).
+        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - until os._exit
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
         os.environ.clear()
         os.environ.update(env)
         os.chdir(REPO)
@@ -231,14 +234,16 @@ def _forked_runtime(args: list[str], env: dict[str, str], log_fd: int, limit: Ca
 class RunningServer:
     def __init__(self, spec: ServerSpec, log_dir: Path) -> None:
         self.spec = spec
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = log_dir / f"{spec.name}.log"
-        self._log = self.log_path.open("wb")
         env = offline_env()
         env.update(spec.env)
         cuda = cuda_possible(env)
+        if spec.fork and cuda:
+            raise RuntimeError(f"{spec.name}: a server that may use CUDA cannot be forked")
         cap = address_space_cap(spec.memory_cap_bytes, cuda)
         self.memory_cap_bytes = cap
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"{spec.name}.log"
+        self._log = self.log_path.open("wb")
 
         def limit() -> None:  # runs in the child before exec
             if cap is not None:
@@ -249,8 +254,6 @@ class RunningServer:
         self.started = time.perf_counter()
         self.proc: subprocess.Popen[bytes] | ForkedProcess
         if spec.fork:
-            if cuda:
-                raise RuntimeError(f"{spec.name}: a server that may use CUDA cannot be forked")
             args = spec.argv[len(runtime_argv()) :]
             sys.stdout.flush()
             sys.stderr.flush()
