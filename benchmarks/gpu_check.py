@@ -37,6 +37,7 @@ import dataclasses
 import datetime
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -123,6 +124,7 @@ class PartResult:
     name: str
     status: str  # ok | failed | timeout | skipped
     seconds: float = 0.0
+    cpu_s: float = 0.0  # CPU time of the part's processes (user + system), whatever else loads the machine
     timeout_s: float = 0.0
     note: str = ""
     data: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -178,7 +180,7 @@ def subprocess_runner(args: argparse.Namespace, state: Path) -> Runner:
         argv = [sys.executable, "-m", "benchmarks.gpu_check", "--run-part", part.name,
                 "--state", str(state), "--scale", args.scale]  # fmt: skip
         print(f"==> {part.name}: {part.what} (timeout {timeout:.0f} s)", flush=True)
-        started = time.monotonic()
+        started, cpu0 = time.monotonic(), _children_cpu_s()
         with log.open("wb") as f:
             proc = subprocess.Popen(
                 argv, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
@@ -190,7 +192,7 @@ def subprocess_runner(args: argparse.Namespace, state: Path) -> Runner:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        return _result(part, rc, time.monotonic() - started, timeout, out, log)
+        return _result(part, rc, time.monotonic() - started, timeout, out, log, cpu0)
 
     return run
 
@@ -223,7 +225,7 @@ def fork_runner(args: argparse.Namespace, state: Path) -> Runner:
         log = state / "logs" / f"{part.name}.log"
         print(f"==> {part.name}: {part.what} (timeout {timeout:.0f} s, forked)", flush=True)
         sys.stderr.flush()
-        started = time.monotonic()
+        started, cpu0 = time.monotonic(), _children_cpu_s()
         pid = os.fork()
         if pid == 0:  # the part
             rc = 1
@@ -252,12 +254,19 @@ def fork_runner(args: argparse.Namespace, state: Path) -> Runner:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-        return _result(part, rc_, time.monotonic() - started, timeout, out, log)
+        return _result(part, rc_, time.monotonic() - started, timeout, out, log, cpu0)
 
     return run
 
 
-def _result(part: Part, rc: int | None, seconds: float, timeout: float, out: Path, log: Path) -> PartResult:
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _result(
+    part: Part, rc: int | None, seconds: float, timeout: float, out: Path, log: Path, cpu0: float
+) -> PartResult:
     data = json.loads(out.read_text()) if out.is_file() else {}
     if rc is None:
         result = PartResult(part.name, "timeout", seconds, note=f"killed after {timeout:.0f} s", data=data)
@@ -266,7 +275,11 @@ def _result(part: Part, rc: int | None, seconds: float, timeout: float, out: Pat
         result = PartResult(part.name, "failed", seconds, note=f"exit {rc}: {tail[0][:200]}", data=data)
     else:
         result = PartResult(part.name, "ok", seconds, data=data)
-    print(f"<== {part.name}: {result.status} after {seconds:.0f} s {result.note}", flush=True)
+    result.cpu_s = round(_children_cpu_s() - cpu0, 2)
+    print(
+        f"<== {part.name}: {result.status} after {seconds:.0f} s ({result.cpu_s:.0f} s CPU) {result.note}",
+        flush=True,
+    )
     return result
 
 
@@ -390,7 +403,7 @@ def table(info: dict[str, Any], results: Sequence[PartResult], table_rows: Seque
         if gpu else f"GPU check — no CUDA on this machine: the same parts at tiny scale on the CPU ({info['cpu_cores']} cores)",
         f"torch {v['torch']} (CUDA {v['cuda'] or 'none'}), transformers {v['transformers']}, accelerate "
         f"{v['accelerate']}, bitsandbytes {v['bitsandbytes']}, autoglm {v['autoglm']}, Python {info['python']}",
-        f"scale {scale.name}; {elapsed_s:.0f} s in all; parts: "
+        f"scale {scale.name}; {elapsed_s:.0f} s in all ({sum(r.cpu_s for r in results):.0f} s CPU in the parts); parts: "
         + ", ".join(f"{r.name} {r.status} {r.seconds:.0f} s" for r in results),
         "",
     ]  # fmt: skip

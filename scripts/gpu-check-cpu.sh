@@ -16,6 +16,7 @@ rm -rf "$BARE"
 if ! { [ -x "$TORCH_FROM" ] && "$TORCH_FROM" scripts/bare_torch_venv.py "$BARE" "$TORCH_VERSION"; }; then
   "$PYTHON" -m venv "$BARE"
   "$BARE/bin/python" -m pip --disable-pip-version-check -q install "torch==$TORCH_VERSION" 2> >(grep -v "^WARNING: Location" >&2)
+  echo "bare venv: $("$BARE/bin/python" -m pip --disable-pip-version-check list 2>/dev/null | tail -n +3 | awk '{printf "%s ", $1}')"
 fi
-echo "bare venv in $(( $(date +%s) - started )) s: $("$BARE/bin/python" -m pip --disable-pip-version-check list 2>/dev/null | tail -n +3 | awk '{printf "%s ", $1}')"
+echo "bare venv in $(( $(date +%s) - started )) s"
 PYTHON="$BARE/bin/python" bash scripts/gpu-check.sh "${1:-build/gpu-check-cpu}" "${@:2}"

@@ -270,3 +270,28 @@ def test_the_9b_models_have_the_catalog_shapes_the_estimator_uses(
     assert abs(params / shape.parameters - 1) < 0.005, (params, shape.parameters)
     bf16 = estimate(shape, "bf16", None).weights_bytes
     assert abs(2 * params / bf16 - 1) < 0.005
+
+
+def test_the_bare_venv_holds_torch_its_requirements_and_pip_only(tmp_path: Path) -> None:
+    """scripts/bare_torch_venv.py (gpu-check-cpu's bare venv): what `pip install torch` into a fresh
+    venv would hold, linked from this interpreter's torch; nothing else of this environment."""
+    import importlib.metadata
+    import subprocess
+
+    pytest.importorskip("torch")
+    version = importlib.metadata.version("torch")
+    venv = tmp_path / "bare"
+    made = subprocess.run([sys.executable, str(REPO / "scripts" / "bare_torch_venv.py"), str(venv), version],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    listed = subprocess.run(
+        [str(venv / "bin" / "python"), "-c",
+         "import importlib.metadata as m; print(' '.join(sorted(d.metadata['Name'].lower() for d in m.distributions())))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert "torch" in listed
+    assert "pip" in listed
+    assert not {"transformers", "accelerate", "autoglm", "fastapi", "numpy", "pytest"} & set(listed)
+    other = subprocess.run([sys.executable, str(REPO / "scripts" / "bare_torch_venv.py"), str(venv), "0.0.1"],
+                           capture_output=True, text=True, check=False)  # fmt: skip
+    assert other.returncode == 3  # not this torch: the caller pip-installs it
