@@ -474,6 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     state = work
     for sub in ("parts", "logs", "models"):
         (state / sub).mkdir(parents=True, exist_ok=True)
+    (state / "machine.json").write_text(json.dumps(info))  # the parts read the card's capability
     wanted = set(args.parts or PART_NAMES)
     wanted |= {n for pt in PARTS if pt.name in wanted for n in pt.needs}  # a load needs its build
     parts = [pt for pt in PARTS if pt.name in wanted]

@@ -125,6 +125,18 @@ def device_name() -> str:
     return f"cpu ({os.cpu_count()} cores)"
 
 
+def compute_dtype(state: Path) -> str:
+    """The 16-bit dtype the check computes in: bf16, except on a card older than compute capability
+    8.0 (T4, V100), where the runtime refuses bf16 compute and bitsandbytes' 4-bit compute there:
+    fp16. Read from the machine the orchestrator wrote (no CUDA call, so a part that only starts a
+    server holds no CUDA context)."""
+    f = state / "machine.json"
+    gpu = json.loads(f.read_text()).get("gpu") if f.is_file() else None
+    if gpu and tuple(int(x) for x in str(gpu["capability"]).split(".")) < (8, 0):
+        return "fp16"
+    return "bf16"
+
+
 # --- models -----------------------------------------------------------------------------------------
 def pad_tokenizer(folder: Path, vocab_size: int) -> int:
     """Give the saved tokenizer ``vocab_size`` ids: the model's random weights emit any id of its
@@ -351,7 +363,8 @@ def part_load(kind: str, mode: str, scale: Scale, state: Path) -> dict[str, Any]
             "skipped": f"{mode} does not fit this card by the estimator ({estimate['note'] or 'total > usable'})"
         }
     settings = RuntimeSettings(
-        model=str(folder), quantization=mode, gpu_memory_percent=90, max_batch_size=16,
+        model=str(folder), quantization=mode, compute_dtype=compute_dtype(state), gpu_memory_percent=90,
+        max_batch_size=16,
         max_batch_tokens=scale.max_batch_tokens, kv_cache_tokens=scale.kv_cache_tokens,
         max_input_tokens=scale.max_input_tokens, max_new_tokens=scale.max_new_tokens,
     )  # fmt: skip
@@ -448,7 +461,8 @@ def part_serve_text(scale: Scale, state: Path, prefix: bool, forked: bool = Fals
     folder = state / "models" / "text"
     mode = _server_mode(state, "text")
     extra = [*SERVED_FLAGS, "--max-input-tokens", str(scale.max_input_tokens), "--max-new-tokens",
-             str(scale.max_new_tokens), "--max-batch-tokens", str(scale.max_batch_tokens)]  # fmt: skip
+             str(scale.max_new_tokens), "--max-batch-tokens", str(scale.max_batch_tokens),
+             "--compute-dtype", compute_dtype(state)]  # fmt: skip
     if not prefix:
         extra.append("--no-prefix-caching")
     spec = autoglm_spec("serve-text" if prefix else "serve-text-noprefix", folder, quantization=mode,
@@ -489,7 +503,8 @@ def part_serve_phone(scale: Scale, state: Path, forked: bool = False) -> dict[st
     processor = load_image_processor(str(folder))
     grid = processor(images=[Image.new("RGB", scale.screenshot)], return_tensors="pt")["image_grid_thw"][0]
     image_tokens = int(grid.prod()) // 4  # merge 2 x 2
-    extra = ["--served-model-name", PHONE, "--max-input-tokens", "32768", "--max-new-tokens", "64"]
+    extra = ["--served-model-name", PHONE, "--max-input-tokens", "32768", "--max-new-tokens", "64",
+             "--compute-dtype", compute_dtype(state)]  # fmt: skip
     spec = autoglm_spec("serve-phone", folder, quantization=mode, max_batch_size=4, extra=extra)
     spec.memory_cap_bytes = NO_MEMORY_CAP
     spec.fork = forked
@@ -516,12 +531,16 @@ def part_transformers(scale: Scale, state: Path) -> dict[str, Any]:
     on_gpu = torch.cuda.is_available()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     started = time.perf_counter()
-    # bf16 as the runtime's load-text-bf16 part, so the two batch-1 rates compare like with like.
+    # bf16 as the runtime's load-text-bf16 part, so the two batch-1 rates compare like with like
+    # (fp16 on a card without bf16 compute, where that part is skipped).
+    half = compute_dtype(state)
     model = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=torch.bfloat16, device_map="cuda:0" if on_gpu else "cpu"
+        folder,
+        dtype=getattr(torch, {"bf16": "bfloat16", "fp16": "float16"}[half]),
+        device_map="cuda:0" if on_gpu else "cpu",
     ).eval()
     result: dict[str, Any] = {"device": device_name(), "transformers": transformers.__version__,
-                              "dtype": "bf16", "load_s": round(time.perf_counter() - started, 2)}  # fmt: skip
+                              "dtype": half, "load_s": round(time.perf_counter() - started, 2)}  # fmt: skip
     ids = tokenizer(make_prompt(64, tokenizer), return_tensors="pt").to(model.device)
     ids.pop("token_type_ids", None)  # some tokenizers return them; generate refuses them
     n = scale.output_tokens

@@ -295,3 +295,20 @@ def test_the_bare_venv_holds_torch_its_requirements_and_pip_only(tmp_path: Path)
     other = subprocess.run([sys.executable, str(REPO / "scripts" / "bare_torch_venv.py"), str(venv), "0.0.1"],
                            capture_output=True, text=True, check=False)  # fmt: skip
     assert other.returncode == 3  # not this torch: the caller pip-installs it
+
+
+def test_the_check_computes_in_fp16_only_on_cards_without_bf16(tmp_path: Path) -> None:
+    """The runtime refuses bf16 compute (and bitsandbytes' bf16 compute) below compute capability 8.0:
+    on a T4 or V100 the check's loads, servers and transformers' side compute in fp16."""
+    assert gp.compute_dtype(tmp_path) == "bf16"  # no machine.json: the CPU default
+    for capability, dtype in (
+        ("7.5", "fp16"),
+        ("7.0", "fp16"),
+        ("8.0", "bf16"),
+        ("9.0", "bf16"),
+        ("12.0", "bf16"),
+    ):
+        (tmp_path / "machine.json").write_text(json.dumps({"gpu": {"capability": capability}}))
+        assert gp.compute_dtype(tmp_path) == dtype, capability
+    (tmp_path / "machine.json").write_text(json.dumps({"gpu": None}))
+    assert gp.compute_dtype(tmp_path) == "bf16"
