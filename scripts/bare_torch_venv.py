@@ -4,10 +4,10 @@
 
 The CPU form of ``make gpu-check`` (``scripts/gpu-check-cpu.sh``) needs a Python with a bare torch,
 as a GPU node has, to prove that the wheelhouse brings everything else. Installing torch into a new
-venv unpacks ~1 GB (a minute or more of CI time); this makes the same venv in a second: ``SEED_PYTHON
--m venv --without-pip VENV``, then links into VENV's site-packages, file by file as each
-distribution's RECORD lists them, the seed's torch, what torch requires (its ``Requires-Dist`` for
-this platform, recursively) and pip (the installer the check runs). Nothing else of the seed's is
+venv unpacks ~1 GB (a minute or more of CI time); this makes the same venv in seconds: a venv
+without pip made by SEED_PYTHON, then links in its site-packages to the seed's torch, what torch
+requires (its ``Requires-Dist`` for this platform, recursively) and pip (the installer the check
+runs), each as the top-level entries its RECORD lists. Nothing else of the seed's is
 visible: ``pip list`` in VENV shows what ``pip install torch==VERSION`` into a fresh venv would.
 
 Exit 3 (and a line saying why) when the seed lacks that torch: the caller then pip-installs it.
@@ -16,9 +16,9 @@ Exit 3 (and a line saying why) when the seed lacks that torch: the caller then p
 from __future__ import annotations
 
 import importlib.metadata as md
-import subprocess
 import sys
 import sysconfig
+import venv as venv_module
 from pathlib import Path
 
 from pip._vendor.packaging.requirements import Requirement
@@ -69,13 +69,9 @@ def main() -> int:
         )
         return 3
     site = Path(sysconfig.get_paths()["purelib"]).resolve()
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--clear", str(venv)], check=True)
-    target = Path(
-        subprocess.run(
-            [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()
-    )  # fmt: skip
+    venv_module.EnvBuilder(with_pip=False, clear=True, symlinks=True).create(venv)
+    target = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    assert target.is_dir(), target
     dists = closure(["torch", *TOOLS])
     linked = set()
     for dist in dists:
