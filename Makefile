@@ -71,7 +71,13 @@ gpu-wheelhouse: ## with network: build/gpu-wheelhouse/ (<= 50 MB) + extra/ (tran
 gpu-check: ## on a GPU node, offline: install from build/gpu-wheelhouse beside GPU_PYTHON's torch, run the acceptance check (< 10 min)
 	PYTHON=$(GPU_PYTHON) bash scripts/gpu-check.sh $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
 
-gpu-check-cpu: gpu-wheelhouse ## the CPU form CI runs: a fresh venv with only torch, gpu-check from the wheelhouse at tiny scale
+# What the wheelhouse is made of: gpu-check-cpu rebuilds it only when one of these changed.
+GPU_WHEELHOUSE_INPUTS := pyproject.toml README.md scripts/gpu-wheelhouse.sh scripts/gpu-wheelhouse.txt \
+	scripts/gpu-wheelhouse-extra.txt $(shell find operator/src runtime/src -type f -not -path '*__pycache__*' 2>/dev/null)
+build/gpu-wheelhouse/SHA256SUMS: $(GPU_WHEELHOUSE_INPUTS)
+	bash scripts/gpu-wheelhouse.sh build/gpu-wheelhouse
+
+gpu-check-cpu: build/gpu-wheelhouse/SHA256SUMS ## the CPU form CI runs: a fresh venv with only torch, gpu-check from the wheelhouse (rebuilt if its inputs changed) at tiny scale
 	bash scripts/gpu-check-cpu.sh build/gpu-check-cpu $(GPU_CHECK_ARGS)
 
 clean: ## remove the virtualenv and caches

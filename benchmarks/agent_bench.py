@@ -55,9 +55,14 @@ def screenshot(session: int, step: int, size: tuple[int, int] = (1080, 2400)) ->
 
 
 def step_body(
-    session: int, step: int, history: list[dict[str, Any]], output_tokens: int, backend: str
+    session: int,
+    step: int,
+    history: list[dict[str, Any]],
+    output_tokens: int,
+    backend: str,
+    size: tuple[int, int] = (1080, 2400),
 ) -> dict[str, Any]:
-    url = screenshot(session, step)
+    url = screenshot(session, step, size)
     user = {
         "role": "user",
         "content": [
@@ -85,7 +90,12 @@ def step_body(
 
 
 async def run_sessions(
-    base: str, backend: str, sessions: int, steps: int, output_tokens: int
+    base: str,
+    backend: str,
+    sessions: int,
+    steps: int,
+    output_tokens: int,
+    size: tuple[int, int] = (1080, 2400),
 ) -> dict[str, Any]:
     workload = Workload(prompt="", endpoint="chat", backend=backend, timeout_s=900)
     latencies: list[float] = []
@@ -94,7 +104,7 @@ async def run_sessions(
     async def session(client: httpx.AsyncClient, n: int) -> None:
         history: list[dict[str, Any]] = []
         for s in range(steps):
-            body = step_body(n, s, history, output_tokens, backend)
+            body = step_body(n, s, history, output_tokens, backend, size)
             result = await send_request(client, workload, body)
             if not result.ok:
                 errors.append(result.error or "failed")
@@ -106,7 +116,7 @@ async def run_sessions(
             ]
 
     async with httpx.AsyncClient(base_url=base, timeout=900) as client:
-        await send_request(client, workload, step_body(99, 0, [], 2, backend))  # warm-up
+        await send_request(client, workload, step_body(99, 0, [], 2, backend, size))  # warm-up
         started = time.perf_counter()
         await asyncio.gather(*(session(client, n) for n in range(sessions)))
         duration = time.perf_counter() - started

@@ -18,7 +18,8 @@ skipped and says so):
 4. ``serve-text`` — the real HTTP server (``autoglm-runtime serve``): output tokens/s at 16 concurrent
    requests over 1 (target >= 6x), and the text agent workload with prefix reuse;
    ``serve-text-noprefix`` the same agent workload without it (TTFT ratio, target >= 3x);
-5. ``serve-phone`` — the phone agent's step: one 1080x2400 screenshot (3,354 image tokens) + history;
+5. ``serve-phone`` — the phone agent's step: one 1080x2400 screenshot (3,354 image tokens; 540x1200 on
+   the tiny scale) + history;
 6. ``transformers`` — side by side: transformers' own ``generate`` at batch 1 and its
    continuous-batching ``generate_batch`` with 16 prompts, on the same text model.
 
@@ -36,6 +37,7 @@ import dataclasses
 import datetime
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -48,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.gpu_parts import SCALES, Scale, machine, run_part
+from benchmarks.servers import cuda_possible
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -121,6 +124,7 @@ class PartResult:
     name: str
     status: str  # ok | failed | timeout | skipped
     seconds: float = 0.0
+    cpu_s: float = 0.0  # CPU time of the part's processes (user + system), whatever else loads the machine
     timeout_s: float = 0.0
     note: str = ""
     data: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -176,7 +180,7 @@ def subprocess_runner(args: argparse.Namespace, state: Path) -> Runner:
         argv = [sys.executable, "-m", "benchmarks.gpu_check", "--run-part", part.name,
                 "--state", str(state), "--scale", args.scale]  # fmt: skip
         print(f"==> {part.name}: {part.what} (timeout {timeout:.0f} s)", flush=True)
-        started = time.monotonic()
+        started, cpu0 = time.monotonic(), _children_cpu_s()
         with log.open("wb") as f:
             proc = subprocess.Popen(
                 argv, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
@@ -188,7 +192,7 @@ def subprocess_runner(args: argparse.Namespace, state: Path) -> Runner:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        return _result(part, rc, time.monotonic() - started, timeout, out, log)
+        return _result(part, rc, time.monotonic() - started, timeout, out, log, cpu0)
 
     return run
 
@@ -221,7 +225,7 @@ def fork_runner(args: argparse.Namespace, state: Path) -> Runner:
         log = state / "logs" / f"{part.name}.log"
         print(f"==> {part.name}: {part.what} (timeout {timeout:.0f} s, forked)", flush=True)
         sys.stderr.flush()
-        started = time.monotonic()
+        started, cpu0 = time.monotonic(), _children_cpu_s()
         pid = os.fork()
         if pid == 0:  # the part
             rc = 1
@@ -230,7 +234,7 @@ def fork_runner(args: argparse.Namespace, state: Path) -> Runner:
                 fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                 os.dup2(fd, 1)
                 os.dup2(fd, 2)
-                rc = run_part(part.name, scale, state)
+                rc = run_part(part.name, scale, state, forked=True)
             except BaseException:  # noqa: BLE001 - the child reports and exits, never returns
                 import traceback
 
@@ -250,12 +254,19 @@ def fork_runner(args: argparse.Namespace, state: Path) -> Runner:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-        return _result(part, rc_, time.monotonic() - started, timeout, out, log)
+        return _result(part, rc_, time.monotonic() - started, timeout, out, log, cpu0)
 
     return run
 
 
-def _result(part: Part, rc: int | None, seconds: float, timeout: float, out: Path, log: Path) -> PartResult:
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _result(
+    part: Part, rc: int | None, seconds: float, timeout: float, out: Path, log: Path, cpu0: float
+) -> PartResult:
     data = json.loads(out.read_text()) if out.is_file() else {}
     if rc is None:
         result = PartResult(part.name, "timeout", seconds, note=f"killed after {timeout:.0f} s", data=data)
@@ -264,7 +275,11 @@ def _result(part: Part, rc: int | None, seconds: float, timeout: float, out: Pat
         result = PartResult(part.name, "failed", seconds, note=f"exit {rc}: {tail[0][:200]}", data=data)
     else:
         result = PartResult(part.name, "ok", seconds, data=data)
-    print(f"<== {part.name}: {result.status} after {seconds:.0f} s {result.note}", flush=True)
+    result.cpu_s = round(_children_cpu_s() - cpu0, 2)
+    print(
+        f"<== {part.name}: {result.status} after {seconds:.0f} s ({result.cpu_s:.0f} s CPU) {result.note}",
+        flush=True,
+    )
     return result
 
 
@@ -348,7 +363,8 @@ def rows(results: Sequence[PartResult], on_gpu: bool) -> list[dict[str, Any]]:
         elif r.name == "serve-phone":
             run = d.get("run", {})
             lat = (run.get("step_latency_s") or {}).get("p50")
-            row(r.name, "phone step latency p50", f"{_fmt(lat, ' s')} ({d.get('image_tokens')} image tokens, "
+            shot = f"{d['screenshot']} screenshot, " if "screenshot" in d else ""
+            row(r.name, "phone step latency p50", f"{_fmt(lat, ' s')} ({shot}{d.get('image_tokens')} image tokens, "
                 f"{run.get('steps_ok', 0)} steps, {run.get('error_count', '?')} errors)",
                 device=dev, model="vision", mode=d.get("mode", ""))  # fmt: skip
         elif r.name == "transformers":
@@ -387,7 +403,7 @@ def table(info: dict[str, Any], results: Sequence[PartResult], table_rows: Seque
         if gpu else f"GPU check — no CUDA on this machine: the same parts at tiny scale on the CPU ({info['cpu_cores']} cores)",
         f"torch {v['torch']} (CUDA {v['cuda'] or 'none'}), transformers {v['transformers']}, accelerate "
         f"{v['accelerate']}, bitsandbytes {v['bitsandbytes']}, autoglm {v['autoglm']}, Python {info['python']}",
-        f"scale {scale.name}; {elapsed_s:.0f} s in all; parts: "
+        f"scale {scale.name}; {elapsed_s:.0f} s in all ({sum(r.cpu_s for r in results):.0f} s CPU in the parts); parts: "
         + ", ".join(f"{r.name} {r.status} {r.seconds:.0f} s" for r in results),
         "",
     ]  # fmt: skip
@@ -434,11 +450,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         scale = SCALES[args.scale]
         return run_part(args.run_part, scale, args.state)
 
-    # Read the machine in a child: a CUDA context in this process would hold memory on the card for
-    # the whole run and count in every part's peak.
-    probe = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--machine-json"], cwd=REPO,
-                           capture_output=True, text=True, timeout=180, check=True)  # fmt: skip
-    info = json.loads(probe.stdout.strip().splitlines()[-1])
+    if cuda_possible():
+        # Read the machine in a child: a CUDA context in this process would hold memory on the card
+        # for the whole run and count in every part's peak.
+        probe = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--machine-json"], cwd=REPO,
+                               capture_output=True, text=True, timeout=180, check=True)  # fmt: skip
+        info = json.loads(probe.stdout.strip().splitlines()[-1])
+    else:  # no NVIDIA driver: no CUDA context to fear, and the CPU form's forks want torch here anyway
+        info = machine()
     on_gpu = info["gpu"] is not None
     if args.scale == "auto":
         args.scale = "gpu" if on_gpu else "tiny"
@@ -455,6 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     state = work
     for sub in ("parts", "logs", "models"):
         (state / sub).mkdir(parents=True, exist_ok=True)
+    (state / "machine.json").write_text(json.dumps(info))  # the parts read the card's capability
     wanted = set(args.parts or PART_NAMES)
     wanted |= {n for pt in PARTS if pt.name in wanted for n in pt.needs}  # a load needs its build
     parts = [pt for pt in PARTS if pt.name in wanted]
@@ -494,4 +514,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Everything is written; skip the interpreter's teardown of torch and transformers (seconds on
+    # a small CPU, measured 9 s on the busy 2-core VM) when this process imported them (the CPU form).
+    if "torch" in sys.modules:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

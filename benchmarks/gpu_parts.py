@@ -51,6 +51,7 @@ class Scale:
     agent_steps: int
     system_tokens: int
     phone_steps: int
+    screenshot: tuple[int, int]  # the phone step's screenshot (width, height)
     copy_bytes: int  # the device-to-device copy that measures the memory bandwidth
 
 
@@ -58,13 +59,15 @@ GPU = Scale(
     name="gpu", text_shape=TEXT_CATALOG, vision_shape=VISION_CATALOG, vocab_size=151552,
     decode_tokens=64, max_input_tokens=4096, max_new_tokens=512, max_batch_tokens=2048,
     kv_cache_tokens=16 * 4608, c1_requests=4, c16_requests=32, output_tokens=64,
-    agent_sessions=8, agent_steps=4, system_tokens=1500, phone_steps=3, copy_bytes=1 << 30,
+    agent_sessions=8, agent_steps=4, system_tokens=1500, phone_steps=3, screenshot=(1080, 2400),
+    copy_bytes=1 << 30,
 )  # fmt: skip
 TINY = Scale(
     name="tiny", text_shape=None, vision_shape=None, vocab_size=1024,
     decode_tokens=16, max_input_tokens=4096, max_new_tokens=64, max_batch_tokens=512,
     kv_cache_tokens=8192, c1_requests=2, c16_requests=16, output_tokens=8,
-    agent_sessions=2, agent_steps=3, system_tokens=300, phone_steps=1, copy_bytes=64 << 20,
+    agent_sessions=2, agent_steps=3, system_tokens=300, phone_steps=1, screenshot=(540, 1200),
+    copy_bytes=16 << 20,
 )  # fmt: skip
 SCALES = {"gpu": GPU, "tiny": TINY}
 
@@ -120,6 +123,18 @@ def device_name() -> str:
     if torch.cuda.is_available():
         return f"cuda:0 ({torch.cuda.get_device_name(0)})"
     return f"cpu ({os.cpu_count()} cores)"
+
+
+def compute_dtype(state: Path) -> str:
+    """The 16-bit dtype the check computes in: bf16, except on a card older than compute capability
+    8.0 (T4, V100), where the runtime refuses bf16 compute and bitsandbytes' 4-bit compute there:
+    fp16. Read from the machine the orchestrator wrote (no CUDA call, so a part that only starts a
+    server holds no CUDA context)."""
+    f = state / "machine.json"
+    gpu = json.loads(f.read_text()).get("gpu") if f.is_file() else None
+    if gpu and tuple(int(x) for x in str(gpu["capability"]).split(".")) < (8, 0):
+        return "fp16"
+    return "bf16"
 
 
 # --- models -----------------------------------------------------------------------------------------
@@ -348,7 +363,8 @@ def part_load(kind: str, mode: str, scale: Scale, state: Path) -> dict[str, Any]
             "skipped": f"{mode} does not fit this card by the estimator ({estimate['note'] or 'total > usable'})"
         }
     settings = RuntimeSettings(
-        model=str(folder), quantization=mode, gpu_memory_percent=90, max_batch_size=16,
+        model=str(folder), quantization=mode, compute_dtype=compute_dtype(state), gpu_memory_percent=90,
+        max_batch_size=16,
         max_batch_tokens=scale.max_batch_tokens, kv_cache_tokens=scale.kv_cache_tokens,
         max_input_tokens=scale.max_input_tokens, max_new_tokens=scale.max_new_tokens,
     )  # fmt: skip
@@ -434,7 +450,7 @@ def _server_mode(state: Path, kind: str) -> str:
     return "nf4"
 
 
-def part_serve_text(scale: Scale, state: Path, prefix: bool) -> dict[str, Any]:
+def part_serve_text(scale: Scale, state: Path, prefix: bool, forked: bool = False) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from benchmarks.engine_bench import SERVED as SERVED_FLAGS
@@ -445,12 +461,14 @@ def part_serve_text(scale: Scale, state: Path, prefix: bool) -> dict[str, Any]:
     folder = state / "models" / "text"
     mode = _server_mode(state, "text")
     extra = [*SERVED_FLAGS, "--max-input-tokens", str(scale.max_input_tokens), "--max-new-tokens",
-             str(scale.max_new_tokens), "--max-batch-tokens", str(scale.max_batch_tokens)]  # fmt: skip
+             str(scale.max_new_tokens), "--max-batch-tokens", str(scale.max_batch_tokens),
+             "--compute-dtype", compute_dtype(state)]  # fmt: skip
     if not prefix:
         extra.append("--no-prefix-caching")
     spec = autoglm_spec("serve-text" if prefix else "serve-text-noprefix", folder, quantization=mode,
                         max_batch_size=16, extra=extra)  # fmt: skip
     spec.memory_cap_bytes = NO_MEMORY_CAP
+    spec.fork = forked
     tokenizer = AutoTokenizer.from_pretrained(folder)
     system = _text_of_tokens(tokenizer, scale.system_tokens)
     result: dict[str, Any] = {"device": device_name(), "mode": mode, "prefix_caching": prefix}
@@ -473,7 +491,7 @@ def part_serve_text(scale: Scale, state: Path, prefix: bool) -> dict[str, Any]:
     return result
 
 
-def part_serve_phone(scale: Scale, state: Path) -> dict[str, Any]:
+def part_serve_phone(scale: Scale, state: Path, forked: bool = False) -> dict[str, Any]:
     from PIL import Image
 
     from autoglm_runtime.vision import load_image_processor
@@ -483,15 +501,20 @@ def part_serve_phone(scale: Scale, state: Path) -> dict[str, Any]:
     folder = state / "models" / "vision"
     mode = _server_mode(state, "vision")
     processor = load_image_processor(str(folder))
-    grid = processor(images=[Image.new("RGB", (1080, 2400))], return_tensors="pt")["image_grid_thw"][0]
+    grid = processor(images=[Image.new("RGB", scale.screenshot)], return_tensors="pt")["image_grid_thw"][0]
     image_tokens = int(grid.prod()) // 4  # merge 2 x 2
-    extra = ["--served-model-name", PHONE, "--max-input-tokens", "32768", "--max-new-tokens", "64"]
+    extra = ["--served-model-name", PHONE, "--max-input-tokens", "32768", "--max-new-tokens", "64",
+             "--compute-dtype", compute_dtype(state)]  # fmt: skip
     spec = autoglm_spec("serve-phone", folder, quantization=mode, max_batch_size=4, extra=extra)
     spec.memory_cap_bytes = NO_MEMORY_CAP
+    spec.fork = forked
     with launched([spec], state / "logs" / "servers", timeout_s=240) as (server,):
-        run = asyncio.run(run_sessions(server.spec.base_url, "autoglm", 1, scale.phone_steps, 16))
+        run = asyncio.run(
+            run_sessions(server.spec.base_url, "autoglm", 1, scale.phone_steps, 16, scale.screenshot)
+        )
         ready = server.ready_s
-    return {"device": device_name(), "mode": mode, "ready_s": ready, "image_tokens": image_tokens, "run": run}
+    return {"device": device_name(), "mode": mode, "ready_s": ready, "image_tokens": image_tokens,
+            "screenshot": "x".join(map(str, scale.screenshot)), "run": run}  # fmt: skip
 
 
 def part_transformers(scale: Scale, state: Path) -> dict[str, Any]:
@@ -508,13 +531,18 @@ def part_transformers(scale: Scale, state: Path) -> dict[str, Any]:
     on_gpu = torch.cuda.is_available()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     started = time.perf_counter()
-    # bf16 as the runtime's load-text-bf16 part, so the two batch-1 rates compare like with like.
+    # bf16 as the runtime's load-text-bf16 part, so the two batch-1 rates compare like with like
+    # (fp16 on a card without bf16 compute, where that part is skipped).
+    half = compute_dtype(state)
     model = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=torch.bfloat16, device_map="cuda:0" if on_gpu else "cpu"
+        folder,
+        dtype=getattr(torch, {"bf16": "bfloat16", "fp16": "float16"}[half]),
+        device_map="cuda:0" if on_gpu else "cpu",
     ).eval()
     result: dict[str, Any] = {"device": device_name(), "transformers": transformers.__version__,
-                              "dtype": "bf16", "load_s": round(time.perf_counter() - started, 2)}  # fmt: skip
+                              "dtype": half, "load_s": round(time.perf_counter() - started, 2)}  # fmt: skip
     ids = tokenizer(make_prompt(64, tokenizer), return_tensors="pt").to(model.device)
+    ids.pop("token_type_ids", None)  # some tokenizers return them; generate refuses them
     n = scale.output_tokens
     sync = torch.cuda.synchronize if on_gpu else (lambda: None)
     with torch.inference_mode():
@@ -560,26 +588,44 @@ def part_transformers(scale: Scale, state: Path) -> dict[str, Any]:
 
 
 def part_pytest(state: Path) -> dict[str, Any]:
-    """The gpu-marked tests; on a machine without CUDA they skip (the count says so)."""
+    """The gpu-marked tests, in this process (no fresh interpreter to import torch again); on a
+    machine without CUDA they skip (the count says so). Their output goes to logs/pytest-gpu.txt."""
     import re
 
+    import pytest
+
     report = state / "logs" / "pytest-gpu.txt"
-    out = subprocess.run(
-        [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "-o", "addopts=-ra",
-         "tests/runtime/test_gpu.py"],
-        cwd=REPO, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    report.write_text(out.stdout + out.stderr)
-    last = (out.stdout.strip().splitlines() or [""])[-1]
+    os.chdir(REPO)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with report.open("wb") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            # Only the plugins the tests use (the wheelhouse's), not whatever else the node has.
+            os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+            rc = int(pytest.main(["-m", "gpu", "-q", "-p", "no:cacheprovider", "-p", "pytest_asyncio.plugin",
+                                  "-p", "pytest_timeout", "-o", "addopts=-ra", "tests/runtime/test_gpu.py"]))  # fmt: skip
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+    text = report.read_text(errors="replace")
+    last = (text.strip().splitlines() or [""])[-1]
     counts = {
         k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|error|errors|deselected)", last)
     }
-    return {"device": device_name(), "exit": out.returncode, "summary": last.strip("= "), "counts": counts,
-            "ok": out.returncode in (0, 5) and not counts.get("failed") and not counts.get("error")}  # fmt: skip
+    return {"device": device_name(), "exit": rc, "summary": last.strip("= "), "counts": counts,
+            "ok": rc in (0, 5) and not counts.get("failed") and not counts.get("error")}  # fmt: skip
 
 
-def run_part(name: str, scale: Scale, state: Path) -> int:
-    """Child-process entry: run one part, write parts/NAME.json; exit 0 when it ran."""
+def run_part(name: str, scale: Scale, state: Path, *, forked: bool = False) -> int:
+    """Child-process entry: run one part, write parts/NAME.json; exit 0 when it ran. ``forked``: this
+    process is a fork of one that imported the runtime (the CPU form), and so are its servers."""
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
@@ -599,11 +645,11 @@ def run_part(name: str, scale: Scale, state: Path) -> int:
         _, kind, mode = name.split("-")
         data = part_load(kind, mode, scale, state)
     elif name == "serve-text":
-        data = part_serve_text(scale, state, prefix=True)
+        data = part_serve_text(scale, state, prefix=True, forked=forked)
     elif name == "serve-text-noprefix":
-        data = part_serve_text(scale, state, prefix=False)
+        data = part_serve_text(scale, state, prefix=False, forked=forked)
     elif name == "serve-phone":
-        data = part_serve_phone(scale, state)
+        data = part_serve_phone(scale, state, forked=forked)
     elif name == "transformers":
         data = part_transformers(scale, state)
     else:

@@ -1,7 +1,9 @@
 """Start and stop the servers under test as child processes, under a memory cap.
 
 Every server gets the same thread count and runs offline; anything fed hostile or large inputs
-runs under ``RLIMIT_AS`` (``ulimit -v``), because one runaway prompt once exhausted this machine.
+runs under ``RLIMIT_AS`` (``ulimit -v``), because one runaway prompt once exhausted this machine —
+except where the server may use CUDA, which reserves far more virtual address space than any cap
+of host memory (:func:`address_space_cap`).
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 import psutil
@@ -28,6 +31,28 @@ VENV_BIN = Path(sys.executable).parent
 # (torch 2.14.1 + torchvision 0.29.1 in a separate venv do; see docs/benchmarks.md).
 PEER_BIN = Path(os.environ.get("AUTOGLM_BENCH_PEER_BIN") or VENV_BIN)
 DEFAULT_MEMORY_CAP = 16 * 1024**3
+# Where an NVIDIA driver shows itself without importing torch (or creating a CUDA context):
+# Linux device nodes and driver, WSL's GPU paravirtualisation device.
+NVIDIA_MARKERS = ("dev/nvidiactl", "dev/nvidia0", "proc/driver/nvidia/version", "dev/dxg")
+
+
+def cuda_possible(env: Mapping[str, str] | None = None, root: Path = Path("/")) -> bool:
+    """Whether a process started with ``env`` may use CUDA: an NVIDIA driver is on this machine and
+    ``CUDA_VISIBLE_DEVICES`` does not hide every GPU. Cheap and torch-free (no CUDA context)."""
+    visible = (os.environ if env is None else env).get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    return any((root / marker).exists() for marker in NVIDIA_MARKERS)
+
+
+def address_space_cap(requested: int | None, cuda: bool) -> int | None:
+    """The ``RLIMIT_AS`` to set on a server, or None for none. Never with CUDA: the driver reserves
+    tens to hundreds of GiB of virtual address space (unified addressing) at its first call, far
+    above any cap of host memory, and the server would fail at start. None or a negative request
+    (``resource.RLIM_INFINITY``) means no cap."""
+    if requested is None or requested < 0 or cuda:
+        return None
+    return requested
 
 
 def free_port() -> int:
@@ -60,8 +85,13 @@ class ServerSpec:
     ready_path: str
     backend: str  # loadgen backend name (how to force output length)
     model_name: str | None = None  # the `model` field requests must carry (None: leave it out)
-    memory_cap_bytes: int = DEFAULT_MEMORY_CAP
+    memory_cap_bytes: int = DEFAULT_MEMORY_CAP  # RLIMIT_AS without CUDA (address_space_cap)
     env: dict[str, str] = field(default_factory=dict)
+    # Start by forking this process, which imported the runtime already, and calling its CLI with
+    # argv[len(runtime_argv()):] in the child, instead of a fresh interpreter (the CPU form of the
+    # GPU check: the same server in a second instead of a fresh interpreter's imports). Never with
+    # CUDA: a CUDA context does not survive a fork.
+    fork: bool = False
 
     @property
     def base_url(self) -> str:
@@ -148,25 +178,93 @@ def _die_with_parent() -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
+class ForkedProcess:
+    """What :class:`RunningServer` uses of ``subprocess.Popen``, for a child made by ``os.fork``."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            done, status = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0.0)
+            time.sleep(0.05)
+        assert self.returncode is not None
+        return self.returncode
+
+
+def _forked_runtime(args: list[str], env: dict[str, str], log_fd: int, limit: Callable[[], None]) -> NoReturn:
+    """In a forked child: the runtime's CLI with ``args``, output to ``log_fd``, in ``env``; never returns."""
+    code = 1
+    try:
+        limit()
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        # Python-level streams onto the log too (a caller such as pytest may have replaced them).
+        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - until os._exit
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+        os.environ.clear()
+        os.environ.update(env)
+        os.chdir(REPO)
+        from autoglm_runtime.cli import main
+
+        code = main(args)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # noqa: BLE001 - the child reports and exits, never returns
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
 class RunningServer:
     def __init__(self, spec: ServerSpec, log_dir: Path) -> None:
         self.spec = spec
+        env = offline_env()
+        env.update(spec.env)
+        cuda = cuda_possible(env)
+        if spec.fork and cuda:
+            raise RuntimeError(f"{spec.name}: a server that may use CUDA cannot be forked")
+        cap = address_space_cap(spec.memory_cap_bytes, cuda)
+        self.memory_cap_bytes = cap
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"{spec.name}.log"
         self._log = self.log_path.open("wb")
-        cap = spec.memory_cap_bytes
 
         def limit() -> None:  # runs in the child before exec
-            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+            if cap is not None:
+                resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
             os.setsid()
             _die_with_parent()
 
-        env = offline_env()
-        env.update(spec.env)
         self.started = time.perf_counter()
-        self.proc = subprocess.Popen(
-            spec.argv, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO, preexec_fn=limit
-        )
+        self.proc: subprocess.Popen[bytes] | ForkedProcess
+        if spec.fork:
+            args = spec.argv[len(runtime_argv()) :]
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                _forked_runtime(args, env, self._log.fileno(), limit)
+            self.proc = ForkedProcess(pid)
+        else:
+            self.proc = subprocess.Popen(
+                spec.argv, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO, preexec_fn=limit
+            )
         self.ready_s: float | None = None
 
     def wait_ready(self, timeout_s: float = 300.0) -> float:

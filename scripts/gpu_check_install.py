@@ -34,8 +34,8 @@ NEVER = ("torch", "triton", "nvidia-")  # the node's CUDA stack is its own
 PEERS = ("transformers", "accelerate")
 # Floors above the project's own ranges: the oldest releases the whole check has passed with
 # (docs/benchmarks.md, "Which transformers"). transformers 4.56.2 (the project's floor): the loader's
-# warm-up passes on the token_type_ids devmodels' tokenizer returns under 4.x, and devmodels' GLM-4V
-# builder needs Glm4vImageProcessorPil; 5.0.0 lacks that class and refuses accelerate 1.0.1 (the
+# warm-up passed on the token_type_ids devmodels' tokenizer returns under 4.x (fixed since, not
+# re-run), and devmodels' GLM-4V builder needs Glm4vImageProcessorPil; 5.0.0 lacks that class and refuses accelerate 1.0.1 (the
 # project's floor), 5.4.0 has it but wants torchvision for it; 5.5.0 passes every part. Only
 # accelerate 1.16.0 has been tried with 5.5.0 (1.1.0 lacks what 5.0.0 imports).
 TESTED_FLOORS = {"transformers": "5.5.0", "accelerate": "1.16.0"}

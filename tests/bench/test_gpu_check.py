@@ -270,3 +270,45 @@ def test_the_9b_models_have_the_catalog_shapes_the_estimator_uses(
     assert abs(params / shape.parameters - 1) < 0.005, (params, shape.parameters)
     bf16 = estimate(shape, "bf16", None).weights_bytes
     assert abs(2 * params / bf16 - 1) < 0.005
+
+
+def test_the_bare_venv_holds_torch_its_requirements_and_pip_only(tmp_path: Path) -> None:
+    """scripts/bare_torch_venv.py (gpu-check-cpu's bare venv): what `pip install torch` into a fresh
+    venv would hold, linked from this interpreter's torch; nothing else of this environment."""
+    import importlib.metadata
+    import subprocess
+
+    pytest.importorskip("torch")
+    version = importlib.metadata.version("torch")
+    venv = tmp_path / "bare"
+    made = subprocess.run([sys.executable, str(REPO / "scripts" / "bare_torch_venv.py"), str(venv), version],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    listed = subprocess.run(
+        [str(venv / "bin" / "python"), "-c",
+         "import importlib.metadata as m; print(' '.join(sorted(d.metadata['Name'].lower() for d in m.distributions())))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert "torch" in listed
+    assert "pip" in listed
+    assert not {"transformers", "accelerate", "autoglm", "fastapi", "numpy", "pytest"} & set(listed)
+    other = subprocess.run([sys.executable, str(REPO / "scripts" / "bare_torch_venv.py"), str(venv), "0.0.1"],
+                           capture_output=True, text=True, check=False)  # fmt: skip
+    assert other.returncode == 3  # not this torch: the caller pip-installs it
+
+
+def test_the_check_computes_in_fp16_only_on_cards_without_bf16(tmp_path: Path) -> None:
+    """The runtime refuses bf16 compute (and bitsandbytes' bf16 compute) below compute capability 8.0:
+    on a T4 or V100 the check's loads, servers and transformers' side compute in fp16."""
+    assert gp.compute_dtype(tmp_path) == "bf16"  # no machine.json: the CPU default
+    for capability, dtype in (
+        ("7.5", "fp16"),
+        ("7.0", "fp16"),
+        ("8.0", "bf16"),
+        ("9.0", "bf16"),
+        ("12.0", "bf16"),
+    ):
+        (tmp_path / "machine.json").write_text(json.dumps({"gpu": {"capability": capability}}))
+        assert gp.compute_dtype(tmp_path) == dtype, capability
+    (tmp_path / "machine.json").write_text(json.dumps({"gpu": None}))
+    assert gp.compute_dtype(tmp_path) == "bf16"

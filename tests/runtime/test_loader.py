@@ -80,3 +80,22 @@ def test_tiny_model_is_deterministic(tmp_path: Path) -> None:
     b = build_tiny_glm(tmp_path / "b", seed=3)
     assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
     assert (a / "tokenizer.json").read_text() == (b / "tokenizer.json").read_text()
+
+
+def test_warm_up_leaves_out_the_token_type_ids_some_tokenizers_return(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """GLM's generate refuses token_type_ids ("model_kwargs are not used by the model"), which some
+    tokenizers return (devmodels' under transformers 4.x): the warm-up must not pass them on."""
+    import json
+
+    model_dir = tmp_path / "ttids"
+    shutil.copytree(tiny_model_dir, model_dir)
+    config_path = model_dir / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"]
+    config_path.write_text(json.dumps(config))
+
+    loaded = load_model(RuntimeSettings(model=str(model_dir), quantization="none"))  # warm-up on
+    assert "token_type_ids" in loaded.tokenizer("Hello", return_tensors="pt")
+    assert loaded.load_seconds > 0

@@ -305,6 +305,8 @@ def warm_up(model: Any, tokenizer: Any, device: str, vision: Any = None) -> None
     import torch
 
     inputs = tokenizer(WARMUP_PROMPT, return_tensors="pt").to(device)
+    # Some tokenizers return token_type_ids, which GLM's (and most causal LMs') generate refuses.
+    inputs.pop("token_type_ids", None)
     with torch.inference_mode():
         model.generate(**inputs, max_new_tokens=2, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     if vision is None:
