@@ -436,6 +436,8 @@ def run_policy(
                     router=router,
                     answer=answer,
                     think_s=think_s,
+                    # the last warm-up must not look busy in the picker's first scrape of the run
+                    settle_s=4 * args.metrics_interval_s,
                 )
             finally:
                 scraper.stop()
@@ -595,10 +597,10 @@ def _info(t: dict[str, Any]) -> dict[str, Any]:
 
 
 def routing_targets(runs: list[dict[str, Any]], replicas: int) -> list[dict[str, Any]]:
-    """The issue's target on the first run (engine_bench's workload) and the simulated picker: the
+    """The issue's target on engine_bench's workload and the simulated picker: the
     median over rounds of each round's round-robin / picker TTFT ratio; the rest are reported (INFO)."""
     out = []
-    for i, run in enumerate(runs):
+    for run in runs:
         for name in run["policies"]:
             if name == BASELINE:
                 continue
@@ -616,7 +618,7 @@ def routing_targets(runs: list[dict[str, Any]], replicas: int) -> list[dict[str,
                 + (f"; ceiling {run['ceiling']['policies'][name]['ttft_ceiling_vs_round_robin']}x"
                    if name in run.get("ceiling", {}).get("policies", {}) else ""),
             )  # fmt: skip
-            out.append(ttft if i == 0 and name == "picker" else _info(ttft))
+            out.append(ttft if run["name"] == "engine_bench agent" and name == "picker" else _info(ttft))
             speed = run["ratios"].get(f"throughput, {name} / round-robin")
             out.append(
                 _info(
@@ -659,6 +661,13 @@ def main(argv: list[str] | None = None) -> int:
         default=300,
         help="second run: each step's assistant turn in the history is this long (0: no second run)",
     )
+    p.add_argument(
+        "--workloads",
+        nargs="+",
+        default=["agent", "replies", "pauses"],
+        choices=["agent", "replies", "pauses"],
+        help="engine_bench's agent; with --reply-tokens replies; with those and --think-s pauses",
+    )
     args = p.parse_args(argv)
     if BASELINE not in args.policies:
         args.policies.insert(0, BASELINE)
@@ -670,19 +679,18 @@ def main(argv: list[str] | None = None) -> int:
     model = build_random_glm(Path(tempfile.mkdtemp(prefix="routing-bench-glm-")), target_params=30_000_000)
     tokenizer = AutoTokenizer.from_pretrained(model)
     system = _text_of_tokens(tokenizer, args.system_tokens)
-    workloads: dict[str, tuple[str, int, float]] = {"engine_bench agent": (FIXED_ANSWER, args.steps, 0.0)}
-    if args.reply_tokens:
-        # What the phone agent's history really holds per step: the model's <think> reasoning and its
-        # action (a few hundred tokens), not engine_bench's one-line answer.
-        thinking = _text_of_tokens(tokenizer, args.reply_tokens).replace("Rule", "Observation")
-        reply = f"<think>{thinking}</think><answer>{FIXED_ANSWER}</answer>"
+    workloads: dict[str, tuple[str, int, float]] = {}
+    if "agent" in args.workloads:
+        workloads["engine_bench agent"] = (FIXED_ANSWER, args.steps, 0.0)
+    # What the phone agent's history really holds per step: the model's <think> reasoning and its
+    # action (a few hundred tokens), not engine_bench's one-line answer.
+    thinking = _text_of_tokens(tokenizer, args.reply_tokens).replace("Rule", "Observation")
+    reply = f"<think>{thinking}</think><answer>{FIXED_ANSWER}</answer>"
+    if args.reply_tokens and "replies" in args.workloads:
         workloads[f"agent, {args.reply_tokens}-token replies"] = (reply, args.reply_steps, 0.0)
-        if args.think_s:
-            workloads[f"agent, {args.reply_tokens}-token replies, {args.think_s:g} s between steps"] = (
-                reply,
-                args.reply_steps,
-                args.think_s,
-            )
+    if args.reply_tokens and args.think_s and "pauses" in args.workloads:
+        name = f"agent, {args.reply_tokens}-token replies, {args.think_s:g} s between steps"
+        workloads[name] = (reply, args.reply_steps, args.think_s)
     log_dir = args.out.parent / "logs-routing"
     results: dict[str, Any] = {
         "what": "a simulation of the endpoint picker's scoring (llm-d-router v0.10.0, the operator's config) "
