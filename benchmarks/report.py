@@ -503,7 +503,7 @@ def routing_section(r: dict[str, Any]) -> str:
                   "sessions per replica (step 1)", "requests per replica", "prefix-hit ratio per replica",
                   "uncached prompt tokens p50, step 3+", "errors"]  # fmt: skip
         out.append(table(header, rows))
-        out.append("\n" + _ratio_lines(run.get("ratios", {})))
+        out.append("\nOf the rounds in the table:\n\n" + _ratio_lines(run.get("ratios", {})))
         per_round = run.get("ttft_p50_s_step3_on_per_round")
         if per_round:
             shown = "; ".join(f"{p} " + " / ".join(_f(x, 2) for x in v) for p, v in per_round.items())
@@ -581,7 +581,7 @@ def render(data: dict[str, Any], docs: Path, notes: Path | None) -> str:
         )
     if "routing" in data:
         parts.append(
-            "## Routing across replicas: what prefix affinity is worth\n\n"
+            "## Routing across replicas: what the picker's scoring is worth (simulated)\n\n"
             + routing_section(data["routing"])
             + "\n"
         )
