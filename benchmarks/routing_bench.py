@@ -615,8 +615,12 @@ def routing_targets(runs: list[dict[str, Any]], replicas: int) -> list[dict[str,
                 None if gain is None else gain >= 3,
                 unit="x",
                 note="per round " + " / ".join(str(x) for x in per_round)
-                + (f"; ceiling {run['ceiling']['policies'][name]['ttft_ceiling_vs_round_robin']}x"
-                   if name in run.get("ceiling", {}).get("policies", {}) else ""),
+                + "".join(
+                    f"; ceiling {c[p]['ttft_ceiling_vs_round_robin']}x ({p})"
+                    for c in [run.get("ceiling", {}).get("policies", {})]
+                    for p in (name, "perfect affinity")
+                    if "ttft_ceiling_vs_round_robin" in c.get(p, {})
+                ),
             )  # fmt: skip
             out.append(ttft if run["name"] == "engine_bench agent" and name == "picker" else _info(ttft))
             speed = run["ratios"].get(f"throughput, {name} / round-robin")
