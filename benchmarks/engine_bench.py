@@ -92,12 +92,14 @@ async def agent_run(
     router: Router | None = None,
     answer: str = FIXED_ANSWER,
     think_s: float = 0.0,
+    settle_s: float = 0.0,
 ) -> dict[str, Any]:
     """The agent workload against one server, or several behind ``router`` (every one warmed once).
 
     ``answer`` is the assistant turn each step adds to the history (the agent's reply); ``think_s``
     is the mean pause between a reply and the next step (the phone acting and taking a screenshot),
-    drawn per step from 0.5x..1.5x of it with a fixed seed per session."""
+    drawn per step from 0.5x..1.5x of it with a fixed seed per session. ``settle_s``: a pause between
+    the warm-ups and the sessions (a router that scrapes load sees the warm-ups finished)."""
     bases = [base] if isinstance(base, str) else list(base)
     route: Router = router or _Only()
     workload = Workload(prompt="", endpoint="chat", backend=backend, timeout_s=900)
@@ -151,6 +153,8 @@ async def agent_run(
             warm = body([], 99, 0)
             await send_request(client, workload, warm)
             route.warmed(i, warm["messages"])
+        if settle_s:
+            await asyncio.sleep(settle_s)
         started = time.perf_counter()
         await asyncio.gather(*(session(clients, n) for n in range(sessions)))
         duration = time.perf_counter() - started

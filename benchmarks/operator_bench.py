@@ -198,9 +198,7 @@ class Bench:
         """GET, LIST and WATCH requests since ``before``, by client, verb and resource."""
         return self.writes_since(before, self.emu.reads)
 
-    def writes_since(
-        self, before: dict[tuple[str, str, str], int], counts: Any = None
-    ) -> dict[str, int]:
+    def writes_since(self, before: dict[tuple[str, str, str], int], counts: Any = None) -> dict[str, int]:
         out = {}
         for key, n in (self.emu.writes if counts is None else counts).items():
             d = n - before.get(key, 0)
@@ -249,10 +247,14 @@ async def scenario_writes(b: Bench, resync_seconds: float) -> dict[str, Any]:
     resync_total = sum(n for k, n in resync.items() if k.split(" ")[0] in ("operator", "kopf"))
     # Watches are long-lived streams (kopf reconnects them every few minutes), not a resync's cost.
     resync_reads_total = sum(
-        n for k, n in resync_reads.items() if k.split(" ")[0] in ("operator", "kopf") and k.split(" ")[1] != "watch"
+        n
+        for k, n in resync_reads.items()
+        if k.split(" ")[0] in ("operator", "kopf") and k.split(" ")[1] != "watch"
     )
     create_reads_total = sum(
-        n for k, n in create_reads.items() if k.split(" ")[0] in ("operator", "kopf") and k.split(" ")[1] != "watch"
+        n
+        for k, n in create_reads.items()
+        if k.split(" ")[0] in ("operator", "kopf") and k.split(" ")[1] != "watch"
     )
     return {
         "resync_seconds": resync_seconds,

@@ -60,15 +60,19 @@ RESOURCES = {
     "scaledobjects",
     "servicemonitors",
 }  # not events: the HPA controller posts two Warnings per HPA every 15 s without a metrics API
-_SAMPLE = re.compile(r'^apiserver_request_total\{([^}]*)\} ([0-9.e+]+)$')
+_SAMPLE = re.compile(r"^apiserver_request_total\{([^}]*)\} ([0-9.e+]+)$")
 
 
 def request_counts(kube: Kube) -> Counter[tuple[str, str]]:
     """(verb, resource[/subresource]) → requests the API server has served, for our resources."""
-    raw = kube._client.call_api(  # noqa: SLF001 - the raw /metrics text, not JSON
-        *kube._client.param_serialize("GET", "/metrics", auth_settings=["BearerToken"]),
-        _request_timeout=30,
-    ).read().decode()
+    raw = (
+        kube._client.call_api(  # noqa: SLF001 - the raw /metrics text, not JSON
+            *kube._client.param_serialize("GET", "/metrics", auth_settings=["BearerToken"]),
+            _request_timeout=30,
+        )
+        .read()
+        .decode()
+    )
     out: Counter[tuple[str, str]] = Counter()
     for line in raw.splitlines():
         m = _SAMPLE.match(line)
@@ -107,7 +111,9 @@ def settle(kube: Kube, quiet_s: float = 30.0, timeout: float = 600.0) -> float:
     while time.monotonic() - t0 < timeout:
         time.sleep(quiet_s)
         now = request_counts(kube)
-        if not any(k.split(" ")[0] in ("PATCH", "POST", "PUT", "DELETE", "APPLY") for k in delta(now, before)):
+        if not any(
+            k.split(" ")[0] in ("PATCH", "POST", "PUT", "DELETE", "APPLY") for k in delta(now, before)
+        ):
             return time.monotonic() - t0
         before = now
     return time.monotonic() - t0
@@ -138,7 +144,9 @@ def all_done(kube: Kube, namespace: str, n: int) -> bool:
     return done >= n
 
 
-def burst(kube: Kube, namespace: str, n: int, threads: int = 8, poll: float = 1.0, timeout: float = 1800) -> float:
+def burst(
+    kube: Kube, namespace: str, n: int, threads: int = 8, poll: float = 1.0, timeout: float = 1800
+) -> float:
     ensure_namespace(kube, namespace)
     started = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
@@ -167,10 +175,14 @@ def new_cr_latency(kube: Kube, namespace: str, tries: int) -> list[float]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
-    p.add_argument("--kubeconfig", required=True, help="a real API server (rights to create CRs and read /metrics)")
+    p.add_argument(
+        "--kubeconfig", required=True, help="a real API server (rights to create CRs and read /metrics)"
+    )
     p.add_argument("--bursts", type=int, nargs="+", default=[100, 1000])
     p.add_argument("--probes", type=int, default=5, help="new CRs timed one at a time at steady state")
-    p.add_argument("--resync-seconds", type=float, default=60.0, help="the operator's resync period in this run")
+    p.add_argument(
+        "--resync-seconds", type=float, default=60.0, help="the operator's resync period in this run"
+    )
     p.add_argument("--idle-periods", type=float, default=3.0, help="resync periods in the idle interval")
     p.add_argument(
         "--outage",
@@ -196,7 +208,9 @@ def main() -> int:
     log_dir = args.out.parent / "logs"
     op = RunningServer(ServerSpec("operator (real API server)", argv, port, "/metrics", backend="none",
                                   env={"KUBECONFIG": args.kubeconfig}), log_dir)  # fmt: skip
-    result: dict[str, Any] = {"command": "python -m benchmarks.operator_cluster_bench " + " ".join(sys.argv[1:])}
+    result: dict[str, Any] = {
+        "command": "python -m benchmarks.operator_cluster_bench " + " ".join(sys.argv[1:])
+    }
     try:
         op.wait_ready(120)
         version = kube._call("GET", "/version")  # noqa: SLF001
@@ -210,7 +224,10 @@ def main() -> int:
             bursts[str(n)] = {"crs": n, "seconds": seconds, "cr_per_s": n / seconds,
                               "requests": delta(request_counts(kube), before),
                               "rss_mib_after": op.rss_bytes() / MIB}  # fmt: skip
-            print(f"burst {n}: {seconds:.1f} s ({n / seconds:.1f} CR/s), RSS {op.rss_bytes() / MIB:.0f} MiB", flush=True)
+            print(
+                f"burst {n}: {seconds:.1f} s ({n / seconds:.1f} CR/s), RSS {op.rss_bytes() / MIB:.0f} MiB",
+                flush=True,
+            )
         result["bursts"] = bursts
         total = sum(args.bursts)
         # Steady state: the bursts' rollouts and first HPA evaluations settle, then measure idle.
@@ -235,7 +252,10 @@ def main() -> int:
               f"{result['idle']['requests_per_cr_per_resync']:.3f}", flush=True)  # fmt: skip
         lat = new_cr_latency(kube, f"{args.prefix}-{args.bursts[-1]}", args.probes)
         result["new_cr_seconds"] = {"all": lat, "p50": percentile(lat, 50), "max": max(lat)}
-        print(f"new CR at {total} CRs -> Deployment: p50 {percentile(lat, 50):.2f} s, max {max(lat):.2f} s", flush=True)
+        print(
+            f"new CR at {total} CRs -> Deployment: p50 {percentile(lat, 50):.2f} s, max {max(lat):.2f} s",
+            flush=True,
+        )
         if args.outage:
             subprocess.run(args.outage[0], shell=True, check=True)  # noqa: S602 - the user's own command
             time.sleep(args.outage_seconds)

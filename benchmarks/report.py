@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -458,17 +459,19 @@ def engine_section(e: dict[str, Any]) -> str:
 
 
 def routing_section(r: dict[str, Any]) -> str:
-    """Round-robin vs prefix-affine over several replicas (``benchmarks.routing_bench``)."""
+    """Round-robin vs the picker's scoring over several replicas (``benchmarks.routing_bench``)."""
     out = [
         f"**{r.get('what', 'a simulation of the policy, not the picker').capitalize()}**; "
-        f"{r.get('model', '?')}. Each policy gets fresh replicas, each warmed with one request; policies alternate over rounds and the fastest round of each is shown."
+        f"{r.get('model', '?')}. Each policy gets fresh replicas, each warmed with one request; policies "
+        "alternate over rounds; the table shows each policy's fastest round, the target the median of "
+        "the rounds' ratios."
     ]
     for run in r.get("runs", []):
         w = run["workload"]
         rows = []
         for name, p in run["policies"].items():
             if "error" in p:
-                rows.append(_could_not_run(name, p["error"], 8))
+                rows.append(_could_not_run(name, p["error"], 10))
                 continue
             rows.append(
                 [
@@ -477,8 +480,10 @@ def routing_section(r: dict[str, Any]) -> str:
                     _f(p["ttft_p50_s_step3_on"], 2),
                     _f(p.get("step_p50_s_step3_on"), 2),
                     _f(p["output_tokens_per_s"], 1),
+                    " / ".join(str(n) for n in p.get("sessions_per_replica", [])),
                     " / ".join(str(n) for n in p.get("requests_per_replica", [])),
                     " / ".join(_f(x, 2) for x in p.get("prefix_hit_ratio_per_replica", [])),
+                    _f(p.get("uncached_tokens_p50_step3_on"), 0),
                     p["errors"],
                 ]
             )
@@ -495,13 +500,47 @@ def routing_section(r: dict[str, Any]) -> str:
             + ".\n"
         )
         header = ["policy", "TTFT p50 s per step", "TTFT p50 s, step 3+", "step p50 s, step 3+", "out tok/s",
-                  "requests per replica", "prefix-hit ratio per replica", "errors"]  # fmt: skip
+                  "sessions per replica (step 1)", "requests per replica", "prefix-hit ratio per replica",
+                  "uncached prompt tokens p50, step 3+", "errors"]  # fmt: skip
         out.append(table(header, rows))
-        out.append("\n" + _ratio_lines(run.get("ratios", {})))
+        out.append("\nOf the rounds in the table:\n\n" + _ratio_lines(run.get("ratios", {})))
         per_round = run.get("ttft_p50_s_step3_on_per_round")
         if per_round:
             shown = "; ".join(f"{p} " + " / ".join(_f(x, 2) for x in v) for p, v in per_round.items())
             out.append(f"- TTFT p50 s from step 3 per round (the fastest is in the table): {shown}")
+        ratios = run.get("ttft_ratio_per_round")
+        if ratios:
+            shown = "; ".join(
+                f"{p} " + " / ".join(_f(x, 2) for x in v) + f" (median {_f(statistics.median(v), 2)})"
+                for p, v in ratios.items()
+                if v
+            )
+            out.append(f"- TTFT p50 from step 3, round-robin / policy, per round: {shown}")
+        ceiling = run.get("ceiling")
+        if ceiling:
+            fit = ceiling["probe"]["fit"]
+            out.append(
+                "\nCeiling: one request alone on a warm replica takes "
+                f"{_f(fit['intercept_s'], 3)} s + {_f(fit['s_per_uncached_token'] * 1000, 2)} ms per uncached "
+                "prompt token to its first token (fitted); applied to each policy's uncached tokens per "
+                "request from step 3 on (the engine's cache replayed on its placements; \"perfect "
+                "affinity\": every session's previous prompt cached where it goes):\n"
+            )
+            rows = [
+                [
+                    name,
+                    _f(c["uncached_tokens_p50_step3_on"], 0),
+                    _f(c["predicted_ttft_p50_s_step3_on"], 2),
+                    f"{c['ttft_ceiling_vs_round_robin']}x" if "ttft_ceiling_vs_round_robin" in c else "–",
+                ]
+                for name, c in ceiling["policies"].items()
+            ]
+            out.append(
+                table(
+                    ["placement", "uncached tokens p50, step 3+", "TTFT alone p50 s", "round-robin / it"],
+                    rows,
+                )
+            )
     return "\n".join(out)
 
 
@@ -542,7 +581,7 @@ def render(data: dict[str, Any], docs: Path, notes: Path | None) -> str:
         )
     if "routing" in data:
         parts.append(
-            "## Routing across replicas: what prefix affinity is worth\n\n"
+            "## Routing across replicas: what the picker's scoring is worth (simulated)\n\n"
             + routing_section(data["routing"])
             + "\n"
         )
