@@ -38,7 +38,9 @@ def main() -> int:
         "overhead": [py, "-m", "benchmarks.overhead_bench", "--out", str(r / "overhead.json")],
         "runtime": [py, "-m", "benchmarks.runtime_bench", "--out", str(r / "runtime.json")],
         "engine": [py, "-m", "benchmarks.engine_bench", "--out", str(r / "engine.json")],
-        "routing": [py, "-m", "benchmarks.routing_bench", "--out", str(r / "routing.json")],
+        # two of the three workloads, two rounds each (all three at three rounds take about an hour here)
+        "routing": [py, "-m", "benchmarks.routing_bench", "--workloads", "agent", "replies", "--rounds", "2",
+                    "--probe-reps", "2", "--out", str(r / "routing.json")],
         "agent": [py, "-m", "benchmarks.agent_bench", "--out", str(r / "agent.json")],
         "operator": [
             py, "-m", "benchmarks.operator_bench", "--out", str(r / "operator.json"),
