@@ -126,7 +126,7 @@ def estimate(
 
     The fit check counts weights + context + one step's activations + the KV blocks of one
     full-length request + fragmentation; the pool is what the runtime will allocate from the rest
-    (:func:`autoglm_runtime.kvplan.pool_plan` with the same inputs).
+    (:func:`autoglm_runtime.kvplan.pool_fit` with the same inputs).
     """
     workload = workload or Workload()
     on_cpu = gpu is None or count == 0
@@ -141,7 +141,7 @@ def estimate(
     total = weights + kv + overhead
 
     supported, note = True, ""
-    pool: kvplan.PoolPlan | None = None
+    pool: kvplan.PoolFit | None = None
     if on_cpu:
         if host_budget_bytes is None:
             budget, headroom = total, 0
@@ -161,7 +161,7 @@ def estimate(
         elif uses_bf16 and cc is None:
             note = "compute capability unknown: bf16 assumed to work (set resources.gpu.computeCapability)"
     if budget > 0 and not (on_cpu and host_budget_bytes is None):
-        pool = kvplan.pool_plan(
+        pool = kvplan.pool_fit(
             budget_bytes=budget,
             used_bytes=weights + context,
             headroom_percent=headroom_percent,

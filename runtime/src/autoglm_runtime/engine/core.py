@@ -58,7 +58,7 @@ from autoglm_runtime.engine.requests import (
 from autoglm_runtime.engine.runner import ModelRunner
 from autoglm_runtime.engine.sampling import next_delta
 from autoglm_runtime.engine.scheduler import Chunk, Scheduler
-from autoglm_runtime.engine.sizing import plan_pool
+from autoglm_runtime.engine.sizing import size_pool
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class Engine:
 
     def _configure(self, runner: ModelRunner, model_name: str | None) -> None:
         """Size the KV pool from the memory left after loading and set up the scheduler."""
-        plan = plan_pool(runner, self.config)
+        plan = size_pool(runner, self.config)
         runner.configure(plan.blocks, plan.block_size)
         pool = BlockPool(plan.blocks, plan.block_size, prefix_caching=self.config.prefix_caching)
         self.scheduler = Scheduler(pool, plan.step_tokens, self._waiting, self._lock, prepare=runner.prepare)
