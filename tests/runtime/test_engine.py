@@ -202,9 +202,11 @@ async def test_a_failed_row_finishes_once_and_gives_its_blocks_back_once(
     handle = await engine.submit("Hi", greedy(10))
     with pytest.raises(GenerationFailedError):
         await handle.collect()
-    assert held[0] and released == [held[0]]  # once, not once per failure handler
+    assert held[0]
+    assert released == [held[0]]  # once, not once per failure handler
     assert finished == [RequestStatus.FINISHED_ERROR]
-    assert handle._request.status is RequestStatus.FINISHED_ERROR and not handle._request.blocks
+    assert handle._request.status is RequestStatus.FINISHED_ERROR
+    assert not handle._request.blocks
     assert scheduler.pool.used == 0
     assert engine.stats().inflight == 0
 

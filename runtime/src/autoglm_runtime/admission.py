@@ -23,15 +23,15 @@ from autoglm_runtime.errors import RetryableError
 
 
 class AdmissionError(RetryableError):
-    """Admission refused; ``retry_after_s`` is when trying again makes sense."""
+    """Admission refused; ``retry_after`` (seconds) is when trying again makes sense."""
 
     status = 429
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
 
-    def __init__(self, message: str, retry_after_s: float) -> None:
-        super().__init__(message, retry_after_s)
-        self.retry_after_s = retry_after_s
+    @property
+    def retry_after_s(self) -> float:
+        return self.retry_after
 
     @property
     def retry_after_header(self) -> str:
