@@ -24,7 +24,8 @@ ENGINE_PHASES = {
     "decode": "decode step (model forward)",
     "merge": "KV cache merge (rows join)",
     "select": "KV cache select (rows leave)",
-    "_drop_finished": "KV cache select (rows leave)",
+    "_finish_completed": "KV cache select (rows leave)",
+    "_sweep": "KV cache select (rows leave)",
     "sample": "sampling",
     "decode_text": "detokenize",
     "_append": "stream bookkeeping",
@@ -71,12 +72,12 @@ def classify(stack: str) -> str:
     frames = [_frame(f) for f in stack.split(";")]
     for name, path in reversed(frames):
         method = name.rsplit(".", 1)[-1]  # py-spy names methods "Class.method"
-        if path.endswith("autoglm_runtime/engine.py") and method in ENGINE_PHASES:
+        if "autoglm_runtime/engine/" in path and method in ENGINE_PHASES:
             return ENGINE_PHASES[method]
     paths = " ".join(p for _, p in frames)
-    if "autoglm_runtime/engine.py" in paths:
+    if "autoglm_runtime/engine/" in paths:
         return "engine loop (other)"
-    if any(k in paths for k in ("asyncio", "uvicorn", "starlette", "fastapi", "autoglm_runtime/app.py")):
+    if any(k in paths for k in ("asyncio", "uvicorn", "starlette", "fastapi", "autoglm_runtime/serving/")):
         return "event loop (HTTP, tokenization, SSE)"
     return "other threads"
 

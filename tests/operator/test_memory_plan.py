@@ -235,7 +235,7 @@ def test_estimator_pool_is_kvplan_pool_plan_of_the_same_inputs():
     )
     assert e.activation_bytes == activation
     assert e.kv_bytes_per_token == kvplan.kv_bytes_per_token(40, 2, 128, 2) == 40960
-    pool = kvplan.pool_plan(
+    pool = kvplan.pool_fit(
         budget_bytes=budget,
         used_bytes=weights + 2 * CUDA_CONTEXT_BYTES,
         headroom_percent=7,

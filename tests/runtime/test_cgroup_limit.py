@@ -199,8 +199,8 @@ import logging, os, sys
 with open(sys.argv[1], "w") as procs:
     procs.write(str(os.getpid()))
 logging.basicConfig(level=logging.DEBUG, format="%(name)s %(message)s")
-from autoglm_runtime.memory import cgroup_memory_limit, host_total_memory, plan_memory
-plan = plan_memory(50, 90, gpus=[])
+from autoglm_runtime.memory import cgroup_memory_limit, host_total_memory, plan_device_budget
+plan = plan_device_budget(50, 90, gpus=[])
 print(cgroup_memory_limit(), plan.cpu_budget_bytes, host_total_memory())
 """
 
@@ -263,7 +263,7 @@ def test_real_nested_cgroup_limit_is_seen() -> None:
     limit, cpu_budget, host_total = (int(word) for word in result.stdout.split())
     expected = 2 * GIB if ancestors is None else min(2 * GIB, ancestors)
     assert limit == expected
-    assert cpu_budget == min(expected, host_total) // 2  # plan_memory(50, ...): half the container
+    assert cpu_budget == min(expected, host_total) // 2  # plan_device_budget(50, ...): half the container
     if expected == 2 * GIB:
         assert f"from {limit_file}" in result.stderr
     assert not child.exists()

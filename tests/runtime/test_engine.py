@@ -201,6 +201,42 @@ async def test_failed_step_is_retried_in_smaller_batches_and_the_engine_keeps_se
     assert engine.stats().inflight == 0
 
 
+async def test_a_failed_row_finishes_once_and_gives_its_blocks_back_once(
+    make_engine: Any, tiny_loaded: Any
+) -> None:
+    from autoglm_runtime.engine import RequestStatus
+
+    engine = make_engine(FailingRunner(tiny_loaded.model, tiny_loaded.tokenizer, fail_at=2))
+    scheduler = engine.scheduler
+    released: list[list[int]] = []
+    held: list[list[int]] = []  # the row's blocks when it finished
+    finished: list[RequestStatus] = []
+    pool_release, finish = scheduler.pool.release, scheduler.finish
+
+    def spy_release(blocks: Any) -> None:
+        released.append(list(blocks))
+        pool_release(blocks)
+
+    def spy_finish(r: Any, status: RequestStatus) -> bool:
+        held.append(list(r.blocks))
+        done = finish(r, status)
+        if done:
+            finished.append(r.status)
+        return done
+
+    scheduler.pool.release, scheduler.finish = spy_release, spy_finish
+    handle = await engine.submit("Hi", greedy(10))
+    with pytest.raises(GenerationFailedError):
+        await handle.collect()
+    assert held[0]
+    assert released == [held[0]]  # once, not once per failure handler
+    assert finished == [RequestStatus.FINISHED_ERROR]
+    assert handle._request.status is RequestStatus.FINISHED_ERROR
+    assert not handle._request.blocks
+    assert scheduler.pool.used == 0
+    assert engine.stats().inflight == 0
+
+
 async def test_a_row_that_fails_alone_gets_generation_failed(make_engine: Any, tiny_loaded: Any) -> None:
     engine = make_engine(FailingRunner(tiny_loaded.model, tiny_loaded.tokenizer, fail_at=2))
     with pytest.raises(GenerationFailedError):

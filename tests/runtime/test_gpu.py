@@ -25,13 +25,15 @@ def test_visible_gpus_report_their_memory_and_capability():
     assert len(gpus) == torch.cuda.device_count() >= 1
     for gpu in gpus:
         assert gpu.total_bytes > 1024**3, gpu
-        print(f"GPU {gpu.index}: {gpu.name}, {gpu.total_bytes / 1024**3:.1f} GiB, cc {gpu.compute_capability}")
+        print(
+            f"GPU {gpu.index}: {gpu.name}, {gpu.total_bytes / 1024**3:.1f} GiB, cc {gpu.compute_capability}"
+        )
 
 
 def test_memory_fraction_caps_the_allocator():
-    from autoglm_runtime.memory import apply_gpu_fraction, plan_memory
+    from autoglm_runtime.memory import apply_gpu_fraction, plan_device_budget
 
-    plan = plan_memory(75, 10)
+    plan = plan_device_budget(75, 10)
     apply_gpu_fraction(plan)
     try:
         budget = plan.gpu_budget_bytes[0]
@@ -111,5 +113,7 @@ async def test_paged_engine_on_the_gpu_stays_within_the_estimators_memory(tmp_pa
     )  # fmt: skip
     pool = 8192 * runner.kv_bytes_per_token()
     predicted = pool + activation + kvplan.fragmentation_bytes(pool + activation)
-    print(f"{torch.cuda.get_device_name()}: peak {peak / 2**20:.1f} MiB, predicted {predicted / 2**20:.1f} MiB")
+    print(
+        f"{torch.cuda.get_device_name()}: peak {peak / 2**20:.1f} MiB, predicted {predicted / 2**20:.1f} MiB"
+    )
     assert 0.9 * predicted <= peak <= 1.1 * predicted

@@ -15,7 +15,7 @@ GIB = 2**30
 
 
 class FakeRunner:
-    """What plan_pool reads from a ModelRunner: the device, the model's dimensions, the KV bytes per token."""
+    """What size_pool reads from a ModelRunner: the device, the model's dimensions, the KV bytes per token."""
 
     device = "cpu"
 
@@ -30,17 +30,17 @@ class FakeRunner:
 def cpu_budget(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     numbers = {"budget": 24 * GIB, "used": 6 * GIB}
 
-    def plan_memory(host: int, gpu: int, **_: Any) -> Any:
+    def plan_device_budget(host: int, gpu: int, **_: Any) -> Any:
         return SimpleNamespace(cpu_budget_bytes=numbers["budget"], container_limit_bytes=32 * GIB)
 
-    monkeypatch.setattr(sizing.memory, "plan_memory", plan_memory)
+    monkeypatch.setattr(sizing.memory, "plan_device_budget", plan_device_budget)
     monkeypatch.setattr(sizing, "resident_bytes", lambda: numbers["used"])
     return numbers
 
 
 def test_pool_is_the_kvplan_pool_of_the_budget_left(cpu_budget: dict[str, int]) -> None:
     config = EngineConfig(max_batch_size=8, max_concurrent_requests=1000, quantization="int8")
-    got = sizing.plan_pool(FakeRunner(), config)
+    got = sizing.size_pool(FakeRunner(), config)
     step = kvplan.step_tokens(None, 8, on_gpu=False)
     activation = kvplan.activation_bytes(
         hidden_size=4096,
@@ -51,7 +51,7 @@ def test_pool_is_the_kvplan_pool_of_the_budget_left(cpu_budget: dict[str, int]) 
         max_rows=8,
         dtype_bytes=2,
     )
-    want = kvplan.pool_plan(
+    want = kvplan.pool_fit(
         budget_bytes=24 * GIB,
         used_bytes=6 * GIB,
         headroom_percent=10,
@@ -66,10 +66,12 @@ def test_pool_is_the_kvplan_pool_of_the_budget_left(cpu_budget: dict[str, int]) 
     assert "blocks x 16 tokens" in got.describe()
 
 
-def test_pool_is_capped_by_the_setting_and_by_what_admitted_requests_can_use(cpu_budget: dict[str, int]) -> None:
-    capped = sizing.plan_pool(FakeRunner(), EngineConfig(kv_cache_tokens=1000))
+def test_pool_is_capped_by_the_setting_and_by_what_admitted_requests_can_use(
+    cpu_budget: dict[str, int],
+) -> None:
+    capped = sizing.size_pool(FakeRunner(), EngineConfig(kv_cache_tokens=1000))
     assert capped.tokens == 1008  # rounded up to whole blocks, as the estimator's cap
-    few = sizing.plan_pool(FakeRunner(), EngineConfig(max_concurrent_requests=2))
+    few = sizing.size_pool(FakeRunner(), EngineConfig(max_concurrent_requests=2))
     assert few.blocks == 2 * kvplan.blocks_for(4096 + 512)
 
 
@@ -77,7 +79,7 @@ def test_a_budget_with_no_room_left_still_gives_a_pool_and_says_so(
     cpu_budget: dict[str, int], caplog: pytest.LogCaptureFixture
 ) -> None:
     cpu_budget["used"] = 30 * GIB
-    got = sizing.plan_pool(FakeRunner(), EngineConfig())
+    got = sizing.size_pool(FakeRunner(), EngineConfig())
     assert got.blocks == 1
     assert "less than one request" in caplog.text
 
@@ -92,5 +94,7 @@ def test_a_plan_that_fits_holds_one_full_request() -> None:
     # Exactly enough for one request's blocks plus activations plus fragmentation, to the byte.
     kv, act, need = 1000, 5000, kvplan.blocks_for(100) * 16 * 1000
     exact = need + act + kvplan.fragmentation_bytes(need + act)
-    plan = kvplan.pool_plan(budget_bytes=exact, used_bytes=0, headroom_percent=0, activation=act, kv_per_token=kv)
+    plan = kvplan.pool_fit(
+        budget_bytes=exact, used_bytes=0, headroom_percent=0, activation=act, kv_per_token=kv
+    )
     assert plan.full_requests(100) == 1

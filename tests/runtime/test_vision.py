@@ -269,7 +269,7 @@ async def test_image_requests_are_identical_alone_and_batched(make_vlm_engine: A
 def test_frequency_and_presence_penalties_follow_openai(tiny_loaded: Any) -> None:
     import torch
 
-    from autoglm_runtime.engine import ModelRunner, SamplingParams, _Request
+    from autoglm_runtime.engine import EngineRequest, ModelRunner, SamplingParams
 
     runner = ModelRunner(tiny_loaded.model, tiny_loaded.tokenizer)
     runner.eos_ids = set()
@@ -278,29 +278,29 @@ def test_frequency_and_presence_penalties_follow_openai(tiny_loaded: Any) -> Non
     logits[0, 4] = 0.9
     loop = asyncio.new_event_loop()
     try:
-        once = _Request(
+        once = EngineRequest(
             [1], SamplingParams(temperature=0.0, frequency_penalty=0.2), loop, asyncio.Queue(), 0.0
         )
         once.generated = [3]
         assert runner.sample(logits.clone(), [once]) == [4]  # 1.0 - 1 x 0.2 = 0.8 < 0.9
-        lucky = _Request(
+        lucky = EngineRequest(
             [1], SamplingParams(temperature=0.0, frequency_penalty=0.05), loop, asyncio.Queue(), 0.0
         )
         lucky.generated = [3]
         assert runner.sample(logits.clone(), [lucky]) == [3]  # 0.95 > 0.9
-        twice = _Request(
+        twice = EngineRequest(
             [1], SamplingParams(temperature=0.0, frequency_penalty=0.05), loop, asyncio.Queue(), 0.0
         )
         twice.generated = [3, 3, 3]
         assert runner.sample(logits.clone(), [twice]) == [4]  # 1.0 - 3 x 0.05 = 0.85
-        presence = _Request(
+        presence = EngineRequest(
             [1], SamplingParams(temperature=0.0, presence_penalty=0.2), loop, asyncio.Queue(), 0.0
         )
         presence.generated = [3, 3, 3]
         out = logits.clone()
         assert runner.sample(out, [presence]) == [4]
         assert float(out[0, 3]) == pytest.approx(0.8)  # presence counts once, however often
-        negative = _Request(
+        negative = EngineRequest(
             [1], SamplingParams(temperature=0.0, frequency_penalty=-2.0), loop, asyncio.Queue(), 0.0
         )
         negative.generated = [4]

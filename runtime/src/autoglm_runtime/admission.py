@@ -13,28 +13,29 @@ Bounded concurrency and the bounded queue live in the engine (``max_concurrent_r
 from __future__ import annotations
 
 import asyncio
-import math
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+from autoglm_runtime.errors import RetryableError
 
-class AdmissionError(Exception):
-    """Admission refused; ``retry_after_s`` is when trying again makes sense."""
+
+class AdmissionError(RetryableError):
+    """Admission refused; ``retry_after`` (seconds) is when trying again makes sense."""
 
     status = 429
+    type = "rate_limit_error"
     code = "rate_limit_exceeded"
 
-    def __init__(self, message: str, retry_after_s: float) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
+    @property
+    def retry_after_s(self) -> float:
+        return self.retry_after
 
     @property
     def retry_after_header(self) -> str:
-        """Whole seconds, rounded up, at least 1 (``Retry-After`` takes integers)."""
-        return str(max(1, math.ceil(self.retry_after_s)))
+        return self.headers["Retry-After"]
 
 
 class RateLimitedError(AdmissionError):
@@ -45,6 +46,7 @@ class ShuttingDownError(AdmissionError):
     """The server is draining for shutdown; another replica should take the request."""
 
     status = 503
+    type = "service_unavailable"
     code = "server_shutting_down"
 
 

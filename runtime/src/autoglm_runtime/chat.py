@@ -7,15 +7,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from autoglm_runtime.errors import OpenAIError
 from autoglm_runtime.schemas import ChatMessage
 
 
-class ContentError(ValueError):
+class ContentError(OpenAIError):
     """A message part the server refuses (400), with the request part it names."""
 
     def __init__(self, message: str, param: str, code: str = "invalid_content") -> None:
-        super().__init__(message)
-        self.message, self.param, self.code = message, param, code
+        super().__init__(message, param=param, code=code)
 
 
 @dataclass(frozen=True)

@@ -159,10 +159,8 @@ def build_tiny_glm4v(
     with the released checkpoints' image processor settings (patch 14, merge 2, temporal patch 2,
     shortest edge 12544 / longest edge 9633792 pixels) and a chat template that takes content lists.
     Several EOS ids in its generation_config, as the real model has."""
-    import json
-
     import torch
-    from transformers import Glm4vConfig, Glm4vForConditionalGeneration, Glm4vImageProcessorPil
+    from transformers import Glm4vConfig, Glm4vForConditionalGeneration
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -218,6 +216,16 @@ def build_tiny_glm4v(
     model.generation_config.pad_token_id = ids["<|pad|>"]
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+    _save_glm4v_image_processor(path)
+    return path
+
+
+def _save_glm4v_image_processor(path: Path) -> None:
+    """The released checkpoints' image processor settings."""
+    import json
+
+    from transformers import Glm4vImageProcessorPil
+
     processor = Glm4vImageProcessorPil(  # type: ignore[call-arg]  # processor kwargs, untyped
         size={"shortest_edge": 12544, "longest_edge": 9633792},
         patch_size=14,
@@ -231,7 +239,6 @@ def build_tiny_glm4v(
     pre = json.loads((path / "preprocessor_config.json").read_text())
     pre["image_processor_type"] = "Glm4vImageProcessor"
     (path / "preprocessor_config.json").write_text(json.dumps(pre, indent=2) + "\n")
-    return path
 
 
 def build_random_glm(path: str | Path, target_params: int = 150_000_000, seed: int = 0) -> Path:

@@ -20,12 +20,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from autoglm_runtime.admission import AdmissionError, InFlight, RateLimiter
 from autoglm_runtime.auth import ApiKeys, presented_key
-from autoglm_runtime.schemas import ErrorResponse
+from autoglm_runtime.errors import OpenAIError, RetryableError
+from autoglm_runtime.serving.errors import error_response
 from autoglm_runtime.settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
@@ -64,12 +64,6 @@ class GuardState:
         self.in_flight.close()
 
 
-def error_response(
-    status: int, message: str, type_: str, code: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse(ErrorResponse.of(message, type_, None, code), status_code=status, headers=headers)
-
-
 def _is_api(path: str) -> bool:
     return path == API_PREFIX or path.startswith(API_PREFIX + "/")
 
@@ -90,11 +84,12 @@ class Guard:
         state = self.state
         if api and state.draining:
             response = error_response(
-                503,
-                "Server is shutting down; retry the request (another replica will take it)",
-                "service_unavailable",
-                "server_shutting_down",
-                {"Retry-After": "1", "Connection": "close"},
+                RetryableError(
+                    "Server is shutting down; retry the request (another replica will take it)",
+                    1.0,
+                    code="server_shutting_down",
+                    headers={"Connection": "close"},
+                )
             )
             await response(scope, receive, send)
             return
@@ -118,7 +113,9 @@ class Guard:
                     "no key" if presented is None else "bad key",
                 )
                 response = error_response(
-                    401, message, "invalid_request_error", "invalid_api_key", {"WWW-Authenticate": "Bearer"}
+                    OpenAIError(
+                        message, status=401, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
+                    )
                 )
                 await response(scope, receive, send)
                 return
@@ -127,9 +124,7 @@ class Guard:
                 state.limiter.check(ident)
                 state.in_flight.enter()
             except AdmissionError as exc:
-                type_ = "rate_limit_error" if exc.status == 429 else "service_unavailable"
-                headers_out = {"Retry-After": exc.retry_after_header}
-                await error_response(exc.status, str(exc), type_, exc.code, headers_out)(scope, receive, send)
+                await error_response(exc)(scope, receive, send)
                 return
             scope.setdefault("state", {})["api_key_id"] = ident
             try:

@@ -85,12 +85,12 @@ def activation_bytes(
 
 
 def fragmentation_bytes(working_set: int) -> int:
-    """Rounded up, so that a plan which fits also has room for its pool (see PoolPlan.pool_bytes)."""
+    """Rounded up, so that a plan which fits also has room for its pool (see PoolFit.pool_bytes)."""
     return -(-working_set * FRAGMENTATION_PERCENT // 100)
 
 
 @dataclass(frozen=True)
-class PoolPlan:
+class PoolFit:
     """What is left for the KV pool once weights, the runtime itself and one step are paid for."""
 
     available_bytes: int  # budget - headroom - weights - context
@@ -122,7 +122,7 @@ class PoolPlan:
         return self.blocks // need if need else 0
 
 
-def pool_plan(
+def pool_fit(
     *,
     budget_bytes: int,
     used_bytes: int,
@@ -130,12 +130,12 @@ def pool_plan(
     activation: int,
     kv_per_token: int,
     block_size: int = BLOCK_SIZE,
-) -> PoolPlan:
+) -> PoolFit:
     """The pool for a budget (GPU: memory x gpuMemoryPercent; CPU: the container limit x
     hostMemoryPercent) of which ``used_bytes`` (weights + CUDA context or process) is taken and
     ``headroom_percent`` of the budget is kept free."""
     headroom = budget_bytes * headroom_percent // 100
-    return PoolPlan(
+    return PoolFit(
         available_bytes=max(0, budget_bytes - headroom - used_bytes),
         activation_bytes=activation,
         kv_bytes_per_token=kv_per_token,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autoglm_runtime.memory import MemoryPlan, apply_gpu_fraction, plan_memory
+from autoglm_runtime.memory import DeviceBudget, apply_gpu_fraction, plan_device_budget
 from autoglm_runtime.settings import ComputeDtype, Quantization, RuntimeSettings
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class LoadedModel:
     device: str  # where inputs go: "cpu" or "cuda:0"
     load_seconds: float
     memory_bytes: int  # model.get_memory_footprint()
-    plan: MemoryPlan
+    plan: DeviceBudget
     vision: Any = None  # a vision.VisionProcessor for image-text-to-text models, else None
 
 
@@ -105,7 +105,7 @@ def _torch_dtype(name: ComputeDtype | Quantization) -> Any:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[str(name)]
 
 
-def check_hardware(settings: RuntimeSettings, plan: MemoryPlan) -> None:
+def check_hardware(settings: RuntimeSettings, plan: DeviceBudget) -> None:
     """Refuse combinations the hardware cannot run, before spending minutes loading."""
     q = settings.quantization
     old_gpus = [g for g in plan.gpus if g.compute_capability < (8, 0)]
@@ -153,7 +153,7 @@ def hub_kwargs(settings: RuntimeSettings) -> dict[str, Any]:
 
 
 def from_pretrained_kwargs(
-    settings: RuntimeSettings, plan: MemoryPlan, *, vision: bool = False
+    settings: RuntimeSettings, plan: DeviceBudget, *, vision: bool = False
 ) -> dict[str, Any]:
     """The dtype/quantization/placement arguments of ``from_pretrained`` for these settings."""
     import torch
@@ -220,7 +220,7 @@ def input_device(model: Any) -> str:
         return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
-def load_model(settings: RuntimeSettings, *, plan: MemoryPlan | None = None) -> LoadedModel:
+def load_model(settings: RuntimeSettings, *, plan: DeviceBudget | None = None) -> LoadedModel:
     """Load, check and warm up the model; raises :class:`ModelLoadError` on anything a user can fix."""
     # bitsandbytes logs on import (a missing optional module) and on every int8 forward pass.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
@@ -229,7 +229,7 @@ def load_model(settings: RuntimeSettings, *, plan: MemoryPlan | None = None) -> 
 
     hf_logging.disable_progress_bar()  # progress bars garble JSON logs
     started = time.perf_counter()
-    plan = plan or plan_memory(settings.host_memory_percent, settings.gpu_memory_percent)
+    plan = plan or plan_device_budget(settings.host_memory_percent, settings.gpu_memory_percent)
     log.info("Memory budgets: %s", plan.describe())
     source = resolve_source(settings)
     if Path(source).is_dir():

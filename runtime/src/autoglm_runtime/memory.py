@@ -29,7 +29,7 @@ _V2_LIMIT_FILE = "memory.max"
 
 
 @dataclass(frozen=True)
-class GpuInfo:
+class VisibleGpu:
     index: int
     name: str
     total_bytes: int
@@ -37,13 +37,13 @@ class GpuInfo:
 
 
 @dataclass(frozen=True)
-class MemoryPlan:
+class DeviceBudget:
     """What the loader passes to ``from_pretrained`` and what the log and metrics report."""
 
     container_limit_bytes: int | None  # None: no cgroup limit found
     host_total_bytes: int
     cpu_budget_bytes: int
-    gpus: list[GpuInfo] = field(default_factory=list)
+    gpus: list[VisibleGpu] = field(default_factory=list)
     gpu_budget_bytes: dict[int, int] = field(default_factory=dict)
     gpu_fraction: float = 1.0
 
@@ -247,7 +247,7 @@ def host_total_memory() -> int:
         return 0
 
 
-def visible_gpus() -> list[GpuInfo]:
+def visible_gpus() -> list[VisibleGpu]:
     """The CUDA devices this process sees (``CUDA_VISIBLE_DEVICES`` applied); empty without CUDA."""
     try:
         import torch
@@ -258,18 +258,18 @@ def visible_gpus() -> list[GpuInfo]:
     gpus = []
     for index in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(index)
-        gpus.append(GpuInfo(index, props.name, int(props.total_memory), (props.major, props.minor)))
+        gpus.append(VisibleGpu(index, props.name, int(props.total_memory), (props.major, props.minor)))
     return gpus
 
 
-def plan_memory(
+def plan_device_budget(
     host_memory_percent: int,
     gpu_memory_percent: int,
     *,
     cgroup_root: Path | str = DEFAULT_CGROUP_ROOT,
-    gpus: list[GpuInfo] | None = None,
+    gpus: list[VisibleGpu] | None = None,
     host_total: int | None = None,
-) -> MemoryPlan:
+) -> DeviceBudget:
     """Budgets from the settings' percentages; ``gpus``/``host_total`` are injectable for tests."""
     limit = cgroup_memory_limit(cgroup_root)
     total = host_total if host_total is not None else host_total_memory()
@@ -277,7 +277,7 @@ def plan_memory(
     base = min(limit, total) if limit is not None and total else (limit or total)
     gpus = visible_gpus() if gpus is None else gpus
     fraction = gpu_memory_percent / 100
-    return MemoryPlan(
+    return DeviceBudget(
         container_limit_bytes=limit,
         host_total_bytes=total,
         cpu_budget_bytes=int(base * host_memory_percent / 100),
@@ -287,7 +287,7 @@ def plan_memory(
     )
 
 
-def apply_gpu_fraction(plan: MemoryPlan) -> None:
+def apply_gpu_fraction(plan: DeviceBudget) -> None:
     """Cap the CUDA caching allocator of every visible device; a no-op without CUDA."""
     if not plan.gpus:
         return

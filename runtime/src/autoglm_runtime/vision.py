@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autoglm_runtime.errors import OpenAIError
 from autoglm_runtime.serving_settings import DEFAULT_MAX_BODY_BYTES
 
 log = logging.getLogger(__name__)
@@ -31,12 +32,11 @@ log = logging.getLogger(__name__)
 ALLOWED_MIME = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/webp": "WEBP"}
 
 
-class ImageInputError(ValueError):
+class ImageInputError(OpenAIError):
     """A request image the server refuses: ``status`` 400 (or 413), ``param`` the request part."""
 
     def __init__(self, message: str, param: str, status: int = 400, code: str = "invalid_image") -> None:
-        super().__init__(message)
-        self.message, self.param, self.status, self.code = message, param, status, code
+        super().__init__(message, status=status, param=param, code=code)
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,7 @@ def _pool_capacity(
 ) -> tuple[int, int]:
     """Tokens the runtime's KV pool will hold (the runtime's own formula, capped by kvCacheTokens),
     and how many full-length requests that is."""
-    pool = kvplan.pool_plan(
+    pool = kvplan.pool_fit(
         budget_bytes=budget,
         used_bytes=used,
         headroom_percent=headroom_percent,
@@ -145,7 +145,7 @@ def estimate(
 
     The fit check counts weights + context + one step's activations + the KV blocks of one
     full-length request + fragmentation; the pool is what the runtime will allocate from the rest
-    (:func:`autoglm_runtime.kvplan.pool_plan` with the same inputs).
+    (:func:`autoglm_runtime.kvplan.pool_fit` with the same inputs).
     """
     workload = workload or Workload()
     on_cpu = gpu is None or count == 0

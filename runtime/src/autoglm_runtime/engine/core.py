@@ -16,12 +16,14 @@ again (their KV up to the failed step is still in the cache, so streams continue
 were); only a row that fails in a step of its own gets :class:`GenerationFailedError`, and counts
 towards :attr:`Engine.breaker`; when that opens, new requests get :class:`ModelUnavailableError`
 at once and queued ones are not fed to the model until a probe request succeeds. The caps regrow
-by one row per ``BATCH_CAP_RECOVERY_STEPS`` good steps.
+by one row per ``BATCH_CAP_RECOVERY_STEPS`` good steps (:mod:`.backoff`).
+
+The :class:`~.scheduler.Scheduler` owns the queues: the engine adds requests to it and ends them
+through its ``finish`` (blocks back, status set, exactly once), then tells the client.
 
 Extension points:
 - ``ModelRunner`` is the only code that touches the model; pass another ``runner`` (e.g. one that
   raises on the n-th step) to inject failures.
-- ``Engine.admission_hooks`` run in :meth:`Engine.submit` before a request is queued.
 - ``Engine.batch_observers`` get the number of rows of every step, ``Engine.failure_observers``
   every failed model step (metrics).
 """
@@ -33,12 +35,13 @@ import gc
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from autoglm_runtime.breaker import CircuitBreaker, CircuitOpenError
+from autoglm_runtime.engine.backoff import StepCaps
 from autoglm_runtime.engine.blocks import BlockPool
+from autoglm_runtime.engine.request_state import FINISH_STATUS, EngineRequest, RequestStatus
 from autoglm_runtime.engine.requests import (
     Delta,
     EngineConfig,
@@ -53,16 +56,13 @@ from autoglm_runtime.engine.requests import (
     RequestHandle,
     RequestTimeoutError,
     SamplingParams,
-    _Request,
 )
 from autoglm_runtime.engine.runner import ModelRunner
 from autoglm_runtime.engine.sampling import next_delta
 from autoglm_runtime.engine.scheduler import Chunk, Scheduler
-from autoglm_runtime.engine.sizing import plan_pool
+from autoglm_runtime.engine.sizing import size_pool
 
 log = logging.getLogger(__name__)
-
-BATCH_CAP_RECOVERY_STEPS = 32
 
 
 class Engine:
@@ -77,7 +77,6 @@ class Engine:
         self.tokenizer = tokenizer
         self.runner: ModelRunner | None = None
         self.model_name: str | None = None
-        self.admission_hooks: list[Callable[[], None]] = []
         self.batch_observers: list[Callable[[int], None]] = []
         self.failure_observers: list[Callable[[BaseException], None]] = []
         self.breaker = CircuitBreaker(
@@ -85,12 +84,8 @@ class Engine:
         )
         self.failed_steps = 0  # model steps that raised
         self.retried_rows = 0  # rows re-run in a smaller batch after their batch failed
-        self.batch_cap = config.max_batch_size  # lowered after a failed step, regrows with good steps
-        self.token_cap = 1 << 30  # tokens per step, lowered with batch_cap after a failed step
-        self._steps_at_cap = 0
-        self._lock = threading.Condition()
-        self._waiting: deque[_Request] = deque()
-        self._running: list[_Request] = []  # the scheduler's running rows (same list once started)
+        self.caps = StepCaps(config.max_batch_size)
+        self._lock = threading.Condition()  # the worker sleeps on it; the scheduler's queues use it
         self.scheduler: Scheduler | None = None
         self.pool_description = ""
         self._thread: threading.Thread | None = None
@@ -98,6 +93,7 @@ class Engine:
         self._steps = 0
         self._max_batch_seen = 0
         self._last_fresh_batch = 2  # > 1: the first fresh batch waits the window (see _loop)
+        self._finishing: list[tuple[EngineRequest, Delta]] = []  # rows whose last token came this step
         self.load_error: str | None = None
 
     # lifecycle
@@ -122,12 +118,11 @@ class Engine:
 
     def _configure(self, runner: ModelRunner, model_name: str | None) -> None:
         """Size the KV pool from the memory left after loading and set up the scheduler."""
-        plan = plan_pool(runner, self.config)
-        runner.configure(plan.blocks, plan.block_size)
-        pool = BlockPool(plan.blocks, plan.block_size, prefix_caching=self.config.prefix_caching)
-        self.scheduler = Scheduler(pool, plan.step_tokens, self._waiting, self._lock, prepare=runner.prepare)
-        self._running = self.scheduler.running
-        self.pool_description = plan.describe()
+        sizing = size_pool(runner, self.config)
+        runner.configure(sizing.blocks, sizing.block_size)
+        pool = BlockPool(sizing.blocks, sizing.block_size, prefix_caching=self.config.prefix_caching)
+        self.scheduler = Scheduler(pool, sizing.step_tokens, self._lock, prepare=runner.prepare)
+        self.pool_description = sizing.describe()
         log.info("KV cache: %s", self.pool_description)
         self.runner = runner
         self.tokenizer = runner.tokenizer
@@ -146,20 +141,22 @@ class Engine:
             self._lock.notify_all()
 
     def stats(self) -> EngineStats:
+        scheduler = self.scheduler
+        if scheduler is None:
+            return EngineStats(0, 0, 0, self._steps, self._max_batch_seen)
         with self._lock:
-            waiting = len(self._waiting)
-            running = sum(not r.done for r in self._running)
-        stats = EngineStats(waiting, running, waiting + running, self._steps, self._max_batch_seen)
-        if self.scheduler is not None:
-            pool = self.scheduler.pool
-            stats.kv_blocks_total = pool.num_blocks
-            stats.kv_block_size = pool.block_size
-            stats.kv_blocks_used = pool.used
-            stats.kv_blocks_cached = pool.cached
-            stats.prefix_query_tokens = pool.query_tokens
-            stats.prefix_hit_tokens = pool.hit_tokens
-            stats.preemptions = self.scheduler.preemptions
-        return stats
+            waiting, running = len(scheduler.waiting), len(scheduler.running)
+        pool = scheduler.pool
+        return EngineStats(
+            *(waiting, running, waiting + running, self._steps, self._max_batch_seen),
+            kv_blocks_total=pool.num_blocks,
+            kv_block_size=pool.block_size,
+            kv_blocks_used=pool.used,
+            kv_blocks_cached=pool.cached,
+            prefix_query_tokens=pool.query_tokens,
+            prefix_hit_tokens=pool.hit_tokens,
+            preemptions=scheduler.preemptions,
+        )
 
     # admission (event-loop side)
     def tokenize_prompt(self, prompt: str | list[int]) -> list[int]:
@@ -201,35 +198,23 @@ class Engine:
     ) -> RequestHandle:
         """Queue a request (text, or token ids from :meth:`chat_prompt`); raises a typed error at once
         when it cannot be served (not ready, prompt too long, queue full)."""
-        if not self.ready or self._stopping:
+        scheduler = self.scheduler
+        if not self.ready or self._stopping or scheduler is None:
             raise EngineNotReadyError("the model is still loading" if not self._stopping else "shutting down")
         ids = (
             await asyncio.to_thread(self.tokenize_prompt, prompt)
             if isinstance(prompt, str)
             else self.tokenize_prompt(prompt)
         )
-        if len(ids) > self.config.max_input_tokens:
-            raise PromptTooLongError(
-                f"prompt has {len(ids)} tokens; this server accepts at most {self.config.max_input_tokens}"
-            )
-        if params.max_tokens > self.config.max_new_tokens:
-            params = SamplingParams(**{**params.__dict__, "max_tokens": self.config.max_new_tokens})
-        scheduler = self.scheduler
-        if scheduler is not None and not scheduler.fits_ever(len(ids) + params.max_tokens):
-            raise PromptTooLongError(
-                f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) needs more KV cache than "
-                f"this server has ({scheduler.capacity_tokens()} tokens); send a shorter prompt or fewer max_tokens"
-            )
+        params = self._check_lengths(scheduler, ids, params)
         image_keys = []
         if images is not None and self.runner is not None:
             image_keys = await asyncio.to_thread(self.runner.image_keys, ids, images)
-        for hook in self.admission_hooks:
-            hook()
         try:
             probe = self.breaker.allow()
         except CircuitOpenError as exc:
             raise ModelUnavailableError(f"{exc}; retry later", exc.retry_after_s) from None
-        request = _Request(
+        request = EngineRequest(
             prompt_ids=ids,
             images=images,
             image_keys=image_keys,
@@ -238,8 +223,8 @@ class Engine:
             queue=asyncio.Queue(),
             deadline=time.monotonic() + self.config.request_timeout_seconds,
         )
-        with self._lock:
-            pending = len(self._waiting) + len(self._running)
+        with self._lock:  # the check and the add at once: concurrent submits see each other
+            pending = scheduler.pending
             waiting_after = pending + 1 - self.config.max_batch_size
             if pending >= self.config.max_concurrent_requests or waiting_after > self.config.max_queue:
                 if probe:
@@ -248,9 +233,23 @@ class Engine:
                     f"server busy: {pending} requests in flight, queue limit {self.config.max_queue}; retry later",
                     retry_after_s=1.0,
                 )
-            self._waiting.append(request)
-            self._lock.notify_all()
+            scheduler.add_request(request)
         return RequestHandle(self, request)
+
+    def _check_lengths(self, scheduler: Scheduler, ids: list[int], params: SamplingParams) -> SamplingParams:
+        """Refuse a prompt over the limits or beyond the KV cache; cap max_tokens at the server's."""
+        if len(ids) > self.config.max_input_tokens:
+            raise PromptTooLongError(
+                f"prompt has {len(ids)} tokens; this server accepts at most {self.config.max_input_tokens}"
+            )
+        if params.max_tokens > self.config.max_new_tokens:
+            params = SamplingParams(**{**params.__dict__, "max_tokens": self.config.max_new_tokens})
+        if not scheduler.fits_ever(len(ids) + params.max_tokens):
+            raise PromptTooLongError(
+                f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) needs more KV cache than "
+                f"this server has ({scheduler.capacity_tokens()} tokens); send a shorter prompt or fewer max_tokens"
+            )
+        return params
 
     # the worker
     def _worker(self) -> None:
@@ -262,57 +261,23 @@ class Engine:
                 try:
                     self._loop()
                 except Exception as exc:  # noqa: BLE001 - a bug here must not leave clients hanging
-                    rows = list(self._running)
-                    for r in rows:
-                        self._release(r)
-                    self._fail_rows(rows, exc)
+                    assert self.scheduler is not None
+                    self._finish_completed(self.scheduler)
+                    self._fail_rows(list(self.scheduler.running), exc)
 
     def _loop(self) -> None:
         assert self.runner is not None
         assert self.scheduler is not None
         runner, scheduler = self.runner, self.scheduler
         while True:
-            with self._lock:
-                while not self._stopping and not self._waiting and not self._running:
-                    self._lock.wait()
-                if self._stopping:
-                    break
-                fresh = not self._running
-                if fresh and self.config.batch_window_ms > 0 and self._last_fresh_batch > 1:
-                    # A fresh batch: give concurrent requests a moment to arrive together. Skipped
-                    # while traffic comes one request at a time (the last fresh batch had one row):
-                    # waiting would only add the window to every request's latency; a burst that
-                    # then arrives joins the running batch at the next step anyway.
-                    end = time.monotonic() + self.config.batch_window_ms / 1000
-                    while len(self._waiting) < self.config.max_batch_size and not self._stopping:
-                        left = end - time.monotonic()
-                        if left <= 0:
-                            break
-                        self._lock.wait(left)
-                now = time.monotonic()
-                max_wait = self.config.max_queue_wait_seconds
-                for r in list(self._waiting):
-                    if r.cancelled or now > r.deadline:
-                        self._waiting.remove(r)
-                        self._finish(r, None if r.cancelled else RequestTimeoutError("request timed out"))
-                    elif (
-                        max_wait is not None
-                        and r.first_token_at is None  # nothing streamed yet: the client can retry elsewhere
-                        and time.perf_counter() - r.submitted_at > max_wait
-                    ):
-                        self._waiting.remove(r)
-                        self._finish(r, QueueFullError(f"waited over {max_wait:g} s in the queue; retry later"))
-                shed = list(self._waiting) if self.breaker.is_open else []
-                if shed:
-                    self._waiting.clear()
-            retry = max(1.0, self.breaker.retry_after_s()) if shed else 0.0
-            for r in shed:  # while the breaker is open no new request reaches the model
-                self._finish(r, ModelUnavailableError("the model keeps failing; retry later", retry))
-            self._drop_finished()
-            before = len(self._running)
-            chunks = scheduler.schedule(max_rows=self.batch_cap, max_tokens=self.token_cap)
+            fresh = self._wait_for_work(scheduler)
+            if self._stopping:
+                break
+            self._sweep(scheduler)
+            before = len(scheduler.running)
+            chunks = scheduler.schedule(max_rows=self.caps.rows, max_tokens=self.caps.tokens)
             if not chunks:
-                if self._running and len(self._running) == before:
+                if scheduler.running and len(scheduler.running) == before:
                     with self._lock:  # nothing can run now (e.g. every row beyond a lowered cap)
                         self._lock.wait(0.01)
                 continue
@@ -330,50 +295,73 @@ class Engine:
                 logits = None
                 self._step_failed(exc, chunks)
                 continue
-            self._step_succeeded()
+            self.breaker.record_success()
+            self.caps.succeeded()
             scheduler.commit(chunks)
             for r, t in zip(sampling, tokens, strict=True):
                 self._append(r, t)
-            self._drop_finished()
+            self._finish_completed(scheduler)
+        for r in scheduler.requests():
+            self._finish(r, RequestStatus.FINISHED_ERROR, EngineNotReadyError("the server is shutting down"))
+
+    def _wait_for_work(self, scheduler: Scheduler) -> bool:
+        """Sleep until there is work or the engine stops; True when the batch starts fresh."""
         with self._lock:
-            leftover = list(self._waiting) + list(self._running)
-            self._waiting.clear()
-        for r in leftover:
-            self._release(r)
-            self._finish(r, EngineNotReadyError("the server is shutting down"))
+            while not self._stopping and not scheduler.waiting and not scheduler.running:
+                self._lock.wait()
+            fresh = not scheduler.running
+            if fresh and self.config.batch_window_ms > 0 and self._last_fresh_batch > 1:
+                # A fresh batch: give concurrent requests a moment to arrive together. Skipped
+                # while traffic comes one request at a time (the last fresh batch had one row):
+                # waiting would only add the window to every request's latency; a burst that
+                # then arrives joins the running batch at the next step anyway.
+                end = time.monotonic() + self.config.batch_window_ms / 1000
+                while len(scheduler.waiting) < self.config.max_batch_size and not self._stopping:
+                    left = end - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._lock.wait(left)
+        return fresh
 
-    def _release(self, r: _Request) -> None:
-        if self.scheduler is not None:
-            self.scheduler.release(r)
-
-    def _drop_finished(self) -> None:
-        """Remove finished, cancelled and expired rows from the batch and free their blocks."""
+    def _sweep(self, scheduler: Scheduler) -> None:
+        """Before a step: end cancelled and expired requests; shed the queue while the breaker is open."""
         now = time.monotonic()
-        for r in list(self._running):
-            if not r.done and r.cancelled:
-                self._finish(r, None)
-            elif not r.done and now > r.deadline:
-                self._finish(r, RequestTimeoutError("request timed out"))
-            if r.done:
-                self._release(r)
+        shed = self.breaker.is_open
+        retry = max(1.0, self.breaker.retry_after_s()) if shed else 0.0
+        max_wait = self.config.max_queue_wait_seconds
+        for r in scheduler.requests():
+            if r.cancelled:
+                self._finish(r, RequestStatus.FINISHED_ABORTED)
+            elif now > r.deadline:
+                self._finish(r, RequestStatus.FINISHED_TIMEOUT, RequestTimeoutError("request timed out"))
+            elif (
+                max_wait is not None
+                and r.status is not RequestStatus.RUNNING
+                and r.first_token_at is None  # nothing streamed yet: the client can retry elsewhere
+                and time.perf_counter() - r.submitted_at > max_wait
+            ):
+                waited = QueueFullError(f"waited over {max_wait:g} s in the queue; retry later")
+                self._finish(r, RequestStatus.FINISHED_ERROR, waited)
+            elif shed and r.status is not RequestStatus.RUNNING:
+                # While the breaker is open no new request reaches the model.
+                error = ModelUnavailableError("the model keeps failing; retry later", retry)
+                self._finish(r, RequestStatus.FINISHED_ERROR, error)
 
-    def _give_up(self, rows: list[_Request], exc: Exception) -> None:
-        """A row failed in a batch of its own: fail it (503) and count it towards the circuit breaker.
+    def _finish(self, r: EngineRequest, status: RequestStatus, error: EngineError | None = None) -> None:
+        """End ``r`` (its blocks back, its status set: once) and tell the client: its error, or that
+        it was cancelled."""
+        assert self.scheduler is not None
+        if self.scheduler.finish(r, status):
+            r.emit(Delta("", None, error) if error is not None else Delta("", "cancelled"))
 
-        Only such final failures count, not every failed step of the halving: one poisonous request
-        fails log2(batch) steps in a row on its way down, which must not take the pod out of service.
-        """
-        self.breaker.record_failure(exc)
-        self._fail_rows(rows, exc)
-
-    def _step_succeeded(self) -> None:
-        self.breaker.record_success()
-        if self.batch_cap < self.config.max_batch_size or self.token_cap < 1 << 30:
-            self._steps_at_cap += 1
-            if self._steps_at_cap >= BATCH_CAP_RECOVERY_STEPS:
-                self.batch_cap = min(self.config.max_batch_size, self.batch_cap + 1)
-                self.token_cap = 1 << 30 if self.token_cap * 2 >= 1 << 30 else self.token_cap * 2
-                self._steps_at_cap = 0
+    def _finish_completed(self, scheduler: Scheduler) -> None:
+        """End the rows that sampled their last token this step, then send that last delta (so the
+        stats a client reads after it already count the row as finished)."""
+        finishing, self._finishing = self._finishing, []
+        for r, last in finishing:
+            assert last.finish_reason is not None
+            if scheduler.finish(r, FINISH_STATUS[last.finish_reason]):
+                r.emit(last)
 
     def _step_failed(self, exc: Exception, chunks: list[Chunk]) -> None:
         """A model step raised: shrink the step and run its rows again, or fail a row that was alone.
@@ -384,15 +372,10 @@ class Engine:
         down, which must not take the pod out of service.
         """
         rows = [c.request for c in chunks]
-        tokens = sum(c.n for c in chunks)
         self.failed_steps += 1
-        # Multiplicative decrease: the step that failed was too big for now; grow back one row per
-        # BATCH_CAP_RECOVERY_STEPS good steps (additive increase), as TCP does with its window.
+        self.caps.failed(len(rows), sum(c.n for c in chunks))
         if len(rows) > 1:
-            self.batch_cap = max(1, min(self.batch_cap, len(rows)) // 2)
-            self.token_cap = max(1, min(self.token_cap, tokens) // 2)
             self.retried_rows += len(rows)
-        self._steps_at_cap = 0
         log.warning("Model step failed for a batch of %d: %s: %s", len(rows), type(exc).__name__, exc)
         for observer in self.failure_observers:
             observer(exc)
@@ -404,31 +387,23 @@ class Engine:
         if torch is not None and torch.cuda.is_available():
             torch.cuda.empty_cache()
         if len(rows) == 1:
-            self._release(rows[0])
-            self._give_up(rows, exc)
+            self.breaker.record_failure(exc)
+            self._fail_rows(rows, exc)
 
-    def _append(self, r: _Request, token: int) -> None:
-        """Record a sampled token, stream the new text, finish the request if it is done."""
+    def _append(self, r: EngineRequest, token: int) -> None:
+        """Record a sampled token and stream the new text; a row that is done finishes after the step."""
         assert self.runner is not None
         if r.first_token_at is None:
             r.first_token_at = time.perf_counter()
         delta = next_delta(r, token, self.runner.eos_ids, self.runner.decode_text)
-        if delta is not None:
+        if delta is not None and delta.finish_reason is not None:
+            self._finishing.append((r, delta))
+        elif delta is not None:
             r.emit(delta)
 
-    def _finish(self, r: _Request, error: EngineError | None) -> None:
-        if r.done:
-            return
-        r.done = True
-        if error is not None:
-            r.emit(Delta("", None, error))
-        else:
-            r.emit(Delta("", "cancelled"))
-
-    def _fail_rows(self, rows: list[_Request], exc: Exception) -> None:
-        """A model step failed: fail its rows with a 503-class error, keep serving the others."""
+    def _fail_rows(self, rows: list[EngineRequest], exc: Exception) -> None:
+        """Rows the model failed on: a 503-class error for each; the others keep being served."""
         log.error("Generation step failed for %d requests: %s", len(rows), exc, exc_info=exc)
         for r in rows:
-            self._release(r)
-        for r in rows:
-            self._finish(r, GenerationFailedError(f"generation failed: {type(exc).__name__}"))
+            error = GenerationFailedError(f"generation failed: {type(exc).__name__}")
+            self._finish(r, RequestStatus.FINISHED_ERROR, error)

@@ -1,19 +1,18 @@
-"""What a request is and what can go wrong with it: typed errors, sampling parameters, the stream
-handle the HTTP layer iterates, and the engine's configuration and statistics."""
+"""What a client gives the engine and gets back: typed errors, sampling parameters, the stream
+handle the HTTP layer iterates, and the engine's configuration and statistics. (The request's state
+inside the engine is :mod:`.request_state`.)"""
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from autoglm_runtime.serving_settings import EngineSettings
 
 if TYPE_CHECKING:
     from autoglm_runtime.engine.core import Engine
+    from autoglm_runtime.engine.request_state import EngineRequest
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -25,10 +24,6 @@ class QueueFullError(EngineError):
     def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
-
-
-class EngineOverloadedError(QueueFullError):
-    """Load is being shed (e.g. by a circuit breaker); also a 429/503 with Retry-After."""
 
 
 class PromptTooLongError(EngineError):
@@ -108,60 +103,10 @@ class EngineConfig(EngineSettings):
         return cls(**{name: getattr(settings, name) for name in EngineSettings.model_fields})
 
 
-_ids = itertools.count(1)
-
-
-@dataclass(eq=False)
-class _Request:
-    prompt_ids: list[int]
-    params: SamplingParams
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue[Delta]
-    deadline: float
-    id: int = field(default_factory=lambda: next(_ids))
-    generated: list[int] = field(default_factory=list)
-    sent_chars: int = 0
-    cancelled: bool = False
-    done: bool = False
-    generator: Any = None  # torch.Generator for sampling rows
-    first_token_at: float | None = None
-    submitted_at: float = field(default_factory=time.perf_counter)
-    images: Any = None  # vision.MultiModalInputs of an image request
-    rope_delta: int = 0  # multimodal rotary position offset after the images (set at admission)
-    # Paged KV state, owned by the scheduler on the worker thread.
-    blocks: list[int] = field(default_factory=list)  # block table: the KV of token t is in blocks[t // size]
-    computed: int = 0  # tokens whose KV is in the cache
-    hashes: list[bytes] = field(default_factory=list)  # chained hashes of the full blocks so far
-    image_keys: list[tuple[int, int, bytes]] = field(default_factory=list)  # (start, end, digest)
-    mm_positions: Any = None  # [3, len(prompt)] rotary positions of a multimodal prompt
-    mm_embeds: Any = None  # image embeddings while the prompt's image tokens are being prefilled
-    admitted_at: int = 0  # admission order (the newest running row is preempted first)
-
-    @property
-    def length(self) -> int:
-        """Tokens of the sequence whose KV the row needs: prompt + generated (the last one not yet fed)."""
-        return len(self.prompt_ids) + len(self.generated)
-
-    def token_range(self, start: int, end: int) -> list[int]:
-        """Tokens ``start:end`` of prompt + generated, without copying the whole sequence."""
-        p = len(self.prompt_ids)
-        if end <= p:
-            return self.prompt_ids[start:end]
-        if start >= p:
-            return self.generated[start - p : end - p]
-        return self.prompt_ids[start:] + self.generated[: end - p]
-
-    def emit(self, delta: Delta) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, delta)
-        except RuntimeError:  # the client's event loop is gone
-            self.cancelled = True
-
-
 class RequestHandle:
     """What :meth:`Engine.submit` returns: iterate it for text deltas, or :meth:`collect` the result."""
 
-    def __init__(self, engine: Engine, request: _Request) -> None:
+    def __init__(self, engine: Engine, request: EngineRequest) -> None:
         self._engine = engine
         self._request = request
         self.finish_reason: str | None = None
@@ -186,7 +131,7 @@ class RequestHandle:
 
     def cancel(self) -> None:
         """Leave the batch at the next step (a client disconnected)."""
-        if not self._request.done:
+        if not self._request.finished:
             self._request.cancelled = True
             self._engine._wake()
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from autoglm_runtime.engine import kvcache, sampling
-from autoglm_runtime.engine.requests import _Request
+from autoglm_runtime.engine.request_state import EngineRequest
 from autoglm_runtime.engine.scheduler import Chunk
 
 
@@ -121,7 +121,7 @@ class ModelRunner:
             )
         return keys
 
-    def prepare(self, r: _Request) -> None:
+    def prepare(self, r: EngineRequest) -> None:
         """At admission: the rotary positions of a multimodal prompt and the row's delta after it."""
         if not self.multimodal or r.mm_positions is not None:
             return
@@ -135,7 +135,7 @@ class ModelRunner:
         r.mm_positions = positions[:, 0, :].to(self.device)  # [3, len(prompt)]
         r.rope_delta = int(deltas.reshape(-1)[0])
 
-    def _image_embeds(self, r: _Request) -> Any:
+    def _image_embeds(self, r: EngineRequest) -> Any:
         if r.mm_embeds is None:
             out = self.model.model.get_image_features(
                 r.images.pixel_values.to(self.device), r.images.image_grid_thw.to(self.device)
@@ -144,7 +144,7 @@ class ModelRunner:
             r.mm_embeds = self.torch.cat(list(parts), dim=0) if isinstance(parts, (list, tuple)) else parts
         return r.mm_embeds
 
-    def _positions(self, r: _Request, start: int, n: int) -> Any:
+    def _positions(self, r: EngineRequest, start: int, n: int) -> Any:
         torch = self.torch
         if not self.multimodal:
             return torch.arange(start, start + n, dtype=torch.long)
@@ -222,7 +222,7 @@ class ModelRunner:
             embeds[0, offset + where.to(embeds.device)] = rows
         return embeds
 
-    def sample(self, logits: Any, requests: Sequence[_Request]) -> list[int]:
+    def sample(self, logits: Any, requests: Sequence[EngineRequest]) -> list[int]:
         """One token per row with that row's own temperature/top_p/seed; EOS masked below min_tokens."""
         return sampling.sample(logits, requests, self.eos_ids)
 

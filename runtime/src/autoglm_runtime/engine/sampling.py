@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from autoglm_runtime.engine.requests import Delta, _Request
+from autoglm_runtime.engine.request_state import EngineRequest
+from autoglm_runtime.engine.requests import Delta
 
 
-def sample(logits: Any, requests: Sequence[_Request], eos_ids: set[int]) -> list[int]:
+def sample(logits: Any, requests: Sequence[EngineRequest], eos_ids: set[int]) -> list[int]:
     """One token per row with that row's own temperature/top_p/seed; EOS masked below min_tokens."""
     import torch
 
@@ -59,10 +60,10 @@ def stop_holdback(text: str, stops: Sequence[str]) -> int:
 
 
 def next_delta(
-    r: _Request, token: int, eos_ids: set[int], decode: Callable[[list[int]], str]
+    r: EngineRequest, token: int, eos_ids: set[int], decode: Callable[[list[int]], str]
 ) -> Delta | None:
     """Append ``token`` to ``r`` and return the text the client may see now (None: nothing yet);
-    the last delta carries the finish reason, and ``r.done`` is set before it is sent."""
+    the last delta carries the finish reason (the engine finishes the request before sending it)."""
     r.generated.append(token)
     p = r.params
     finish: str | None = None
@@ -83,7 +84,6 @@ def next_delta(
         end -= stop_holdback(text[:end], p.stop)
     else:
         end = len(text)
-        r.done = True  # before the client can see the last delta, so stats agree with it
     if end > r.sent_chars or finish is not None:
         delta = Delta(text[r.sent_chars : end], finish)
         r.sent_chars = max(r.sent_chars, end)

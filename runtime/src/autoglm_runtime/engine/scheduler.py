@@ -15,6 +15,10 @@ and recompute after preemption, as in vLLM's v1 scheduler:
    fit waits (first come, first served), and so does everyone behind it.
 
 A chunk that reaches the end of its row's sequence samples the row's next token.
+
+The scheduler owns the queues, as vLLM's does: ``waiting`` and ``running`` change only here. The
+engine adds requests (:meth:`Scheduler.add_request`, from the event loop, under ``lock``) and ends
+them (:meth:`Scheduler.finish`, the one place a request finishes and gives its blocks back).
 """
 
 from __future__ import annotations
@@ -26,13 +30,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from autoglm_runtime.engine.blocks import BlockPool, block_hash, image_digests
-from autoglm_runtime.engine.requests import _Request
+from autoglm_runtime.engine.request_state import EngineRequest, RequestStatus
 from autoglm_runtime.kvplan import blocks_for
 
 
 @dataclass
 class Chunk:
-    request: _Request
+    request: EngineRequest
     start: int  # first token of the chunk (== request.computed when scheduled)
     n: int
     sample: bool  # the chunk ends the sequence: its last position's logits give the next token
@@ -43,17 +47,17 @@ class Scheduler:
         self,
         pool: BlockPool,
         step_tokens: int,
-        waiting: deque[_Request],
-        lock: threading.Condition,
-        prepare: Callable[[_Request], None] = lambda r: None,
+        lock: threading.Condition | None = None,
+        prepare: Callable[[EngineRequest], None] = lambda r: None,
     ) -> None:
         self.pool = pool
         self.block_size = pool.block_size
         self.step_tokens = step_tokens
-        self.waiting = waiting
-        self.lock = lock
+        # Guards ``waiting``, which the event loop appends to; the engine's worker sleeps on it.
+        self.lock = lock or threading.Condition()
         self.prepare = prepare  # the runner's per-request set-up at admission (rotary positions)
-        self.running: list[_Request] = []
+        self.waiting: deque[EngineRequest] = deque()
+        self.running: list[EngineRequest] = []
         self.preemptions = 0
         self._order = itertools.count()
 
@@ -62,6 +66,40 @@ class Scheduler:
 
     def fits_ever(self, tokens: int) -> bool:
         return blocks_for(tokens, self.block_size) <= self.pool.num_blocks
+
+    # the queues
+    def add_request(self, r: EngineRequest) -> None:
+        """Queue ``r`` (any thread) and wake the worker."""
+        with self.lock:
+            r.status = RequestStatus.WAITING
+            self.waiting.append(r)
+            self.lock.notify_all()
+
+    @property
+    def pending(self) -> int:
+        """Requests admitted and not finished: waiting + running."""
+        with self.lock:
+            return len(self.waiting) + len(self.running)
+
+    def requests(self) -> list[EngineRequest]:
+        """A snapshot of every unfinished request, waiting ones first."""
+        with self.lock:
+            return [*self.waiting, *self.running]
+
+    def finish(self, r: EngineRequest, status: RequestStatus) -> bool:
+        """The one way a request ends: it leaves its queue, gives its blocks back and takes
+        ``status``. False (and nothing changes) when it had finished already."""
+        assert status.finished
+        if r.finished:
+            return False
+        with self.lock:
+            if r.status is RequestStatus.RUNNING:
+                self.running.remove(r)
+            else:
+                self.waiting.remove(r)
+            r.status = status
+        self._free(r)
+        return True
 
     # one step
     def schedule(self, *, max_rows: int, max_tokens: int, admit: bool = True) -> list[Chunk]:
@@ -98,7 +136,7 @@ class Scheduler:
             budget -= n
         return chunks
 
-    def _grow(self, r: _Request, tokens: int) -> bool:
+    def _grow(self, r: EngineRequest, tokens: int) -> bool:
         need = blocks_for(tokens, self.block_size) - len(r.blocks)
         if need <= 0:
             return True
@@ -107,7 +145,7 @@ class Scheduler:
         r.blocks.extend(self.pool.allocate(need))
         return True
 
-    def _admit_next(self) -> _Request | None:
+    def _admit_next(self) -> EngineRequest | None:
         with self.lock:
             if not self.waiting:
                 return None
@@ -129,10 +167,12 @@ class Scheduler:
         r.computed = len(hits) * self.block_size
         self.pool.record_lookup(r.length, r.computed)
         r.admitted_at = next(self._order)
-        self.running.append(r)
+        with self.lock:
+            r.status = RequestStatus.RUNNING
+            self.running.append(r)
         return r
 
-    def _hash_blocks(self, r: _Request, full: int) -> None:
+    def _hash_blocks(self, r: EngineRequest, full: int) -> None:
         """Extend ``r.hashes`` to the first ``full`` blocks of its sequence."""
         size = self.block_size
         while len(r.hashes) < full:
@@ -153,18 +193,17 @@ class Scheduler:
                 for b in range(c.start // self.block_size, full):  # earlier ones are indexed already
                     self.pool.register(r.blocks[b], r.hashes[b])
 
-    def preempt(self, r: _Request) -> None:
+    def preempt(self, r: EngineRequest) -> None:
         """Give ``r``'s blocks back; it waits at the head of the queue and is recomputed later."""
-        self.release(r)
+        with self.lock:
+            self.running.remove(r)
+            r.status = RequestStatus.PREEMPTED
+            self.waiting.appendleft(r)
+        self._free(r)
         r.mm_embeds = None
         self.preemptions += 1
-        with self.lock:
-            self.waiting.appendleft(r)
 
-    def release(self, r: _Request) -> None:
-        """``r`` leaves the batch (finished, failed, cancelled or preempted)."""
-        if r in self.running:
-            self.running.remove(r)
+    def _free(self, r: EngineRequest) -> None:
         self.pool.release(r.blocks)
         r.blocks = []
         r.computed = 0

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PoolSizing:
+    """The engine's pool on this device: :func:`kvplan.pool_fit`'s blocks for the memory left,
+    capped by what the admitted requests could use and ``kv_cache_tokens``, and the step budget."""
+
     blocks: int
     block_size: int
     step_tokens: int
@@ -65,12 +68,12 @@ def _budget(runner: Any, config: EngineConfig, on_gpu: bool) -> tuple[int, int, 
             budget += total * config.gpu_memory_percent // 100
             used += total - free
         return budget, used, f"{config.gpu_memory_percent}% of GPU memory"
-    plan = memory.plan_memory(config.host_memory_percent, config.gpu_memory_percent, gpus=[])
+    plan = memory.plan_device_budget(config.host_memory_percent, config.gpu_memory_percent, gpus=[])
     limit = "no container limit" if plan.container_limit_bytes is None else "container limit"
     return plan.cpu_budget_bytes, resident_bytes(), f"{config.host_memory_percent}% of memory ({limit})"
 
 
-def plan_pool(runner: Any, config: EngineConfig) -> PoolSizing:
+def size_pool(runner: Any, config: EngineConfig) -> PoolSizing:
     """The pool for ``runner`` (its ``device``, ``kv_bytes_per_token()`` and ``model_dims()``)."""
     on_gpu = str(runner.device).startswith("cuda")
     step = kvplan.step_tokens(config.max_batch_tokens, config.max_batch_size, on_gpu=on_gpu)
@@ -86,7 +89,7 @@ def plan_pool(runner: Any, config: EngineConfig) -> PoolSizing:
         dtype_bytes=dtype_bytes,
     )
     budget, used, source = _budget(runner, config, on_gpu)
-    plan = kvplan.pool_plan(
+    plan = kvplan.pool_fit(
         budget_bytes=budget,
         used_bytes=used,
         headroom_percent=config.headroom_percent,

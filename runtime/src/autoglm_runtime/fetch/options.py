@@ -58,7 +58,11 @@ _NETWORK_TUNING: list[tuple[str, type, float, str]] = [
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pos_float, pos_int = _positive(float), _positive(int)
+    _add_source_arguments(parser)
+    _add_mode_and_tuning_arguments(parser)
+
+
+def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_argument_group("what to fetch")
     src.add_argument(
         "--model",
@@ -106,6 +110,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also fetch the repo's *.py files (the model's own code)",
     )
 
+
+def _add_mode_and_tuning_arguments(parser: argparse.ArgumentParser) -> None:
+    pos_float, pos_int = _positive(float), _positive(int)
     mode = parser.add_argument_group("mode")
     mode.add_argument(
         "--offline",
