@@ -31,21 +31,20 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
-import random
 import time
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, cast
+from collections.abc import Mapping
+from typing import Any
 
 import kopf
 from kubernetes.config.config_exception import ConfigException
 
 from autoglm_operator import api, labels, malloc, metrics
-from autoglm_operator.cache import Cache, Change
-from autoglm_operator.kube import KINDS, Kube, bearer_token, load_configuration
-from autoglm_operator.reconcile import GPU_PRODUCT_LABEL, Options, Outcome, RetryLater, reconcile
+from autoglm_operator.cache import Change
+from autoglm_operator.dispatch import OperatorConfig, State, request, run
+from autoglm_operator.kube import KINDS, bearer_token, load_configuration
+from autoglm_operator.reconcile import GPU_PRODUCT_LABEL
+
+__all__ = ["CHILD_SELECTOR", "OperatorConfig", "WATCHED_CHILDREN", "configure_settings", "register"]
 
 ANNOTATION_PREFIX = "autoglm.io"
 # Children whose deletion, drift or status brings the owner back to a reconcile.
@@ -66,88 +65,9 @@ WATCHED_CHILDREN = (
     "HTTPRoute",
 )
 CHILD_SELECTOR = f"app.kubernetes.io/managed-by={labels.MANAGED_BY}"
-RESYNC_JITTER = 0.1  # ± fraction of the resync period
 NODE_RECHECK_DELAY = 1.0  # seconds: a burst of node events (the listing) re-checks the CRs once
-FRESH_THREADS = 4  # reconciles of created/changed CRs, deleted or drifted children
-BACKGROUND_THREADS = 2  # reconciles that follow a child's status, resyncs, retries
 LIST_CHUNK = 100  # objects per page of kopf's initial listings
 TRIM_SECONDS = 60.0  # how often freed memory goes back to the kernel (malloc.trim)
-
-
-@dataclass(frozen=True)
-class OperatorConfig:
-    """Settings of the handlers (``autoglm-operator run`` flags)."""
-
-    resync_seconds: float = 600.0
-    options: Options = dataclasses.field(default_factory=Options)
-    # Hook for tests and embedders: tune kopf's settings after ours (timeouts, backoffs).
-    tune: Callable[[kopf.OperatorSettings], None] | None = None
-    kube_factory: Callable[[], Kube] = Kube
-
-
-class _State:
-    """Per-operator state: one API client, the cache, and per CR a lock and its next check."""
-
-    def __init__(self, config: OperatorConfig) -> None:
-        self.config = config
-        self.cache = Cache()
-        self._kube: Kube | None = None
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self.failures: dict[tuple[str, str], int] = {}  # consecutive transient failures per CR
-        self.due: dict[str, float] = {}  # uid → when its daemon reconciles next (monotonic)
-        self._wake: dict[str, asyncio.Event] = {}
-        self._gone: dict[str, asyncio.Event] = {}
-        # Coalescing: per CR, whether a reconcile is already waiting for the lock (it will read the
-        # newest cache, so more requests add nothing) and the most urgent priority asked of it.
-        self.waiting: dict[tuple[str, str], bool] = {}
-        self.urgent: dict[tuple[str, str], bool] = {}
-        # New and changed CRs (and repairs) never queue behind status-following work and resyncs.
-        self.fresh = ThreadPoolExecutor(FRESH_THREADS, thread_name_prefix="reconcile-fresh")
-        self.background = ThreadPoolExecutor(BACKGROUND_THREADS, thread_name_prefix="reconcile-background")
-        self.tasks: set[asyncio.Task[Any]] = set()  # requested reconciles (kept from the GC until done)
-
-    @property
-    def kube(self) -> Kube:
-        if self._kube is None:
-            self._kube = self.config.kube_factory()
-        return self._kube
-
-    def lock(self, namespace: str, name: str) -> asyncio.Lock:
-        return self._locks.setdefault((namespace, name), asyncio.Lock())
-
-    def gone(self, uid: str) -> asyncio.Event:
-        return self._gone.setdefault(uid, asyncio.Event())
-
-    def wake(self, uid: str) -> asyncio.Event:
-        return self._wake.setdefault(uid, asyncio.Event())
-
-    def next_resync(self) -> float:
-        period = self.config.resync_seconds
-        return time.monotonic() + period * random.uniform(1 - RESYNC_JITTER, 1 + RESYNC_JITTER)  # noqa: S311
-
-    def schedule(self, uid: str, delay: float) -> None:
-        """Have the CR's daemon reconcile it within ``delay`` seconds (a retry, a re-check)."""
-        at = time.monotonic() + delay
-        if at < self.due.get(uid, float("inf")):
-            self.due[uid] = at
-            self.wake(uid).set()
-
-    def forget(self, namespace: str, name: str, uid: str) -> None:
-        self.cache.forget_cr(namespace, name)
-        self.failures.pop((namespace, name), None)
-        self._locks.pop((namespace, name), None)
-        self.waiting.pop((namespace, name), None)
-        self.urgent.pop((namespace, name), None)
-        self.due.pop(uid, None)
-        self._wake.pop(uid, None)
-        self._gone.pop(uid, asyncio.Event()).set()
-
-    def close(self) -> None:
-        self.fresh.shutdown(wait=False, cancel_futures=True)
-        self.background.shutdown(wait=False, cancel_futures=True)
-        if self._kube is not None:
-            self._kube.close()
-            self._kube = None
 
 
 def configure_settings(settings: kopf.OperatorSettings, *, read_nodes: bool = True) -> None:
@@ -174,94 +94,10 @@ def configure_settings(settings: kopf.OperatorSettings, *, read_nodes: bool = Tr
         settings.watching.label_selectors[lambda r: r.group == "" and r.plural == "nodes"] = GPU_PRODUCT_LABEL
 
 
-async def _post(body: Mapping[str, Any], outcome: Outcome) -> None:
-    for notice in outcome.notices:
-        kopf.event(cast(kopf.Body, body), type=notice.type, reason=notice.reason, message=notice.message)
-
-
 def _node_labels(kwargs: Mapping[str, Any]) -> list[dict[str, str]]:
     """The GPU nodes' labels from the kopf index (absent with ``--no-node-lookup``)."""
     index = kwargs.get("gpu_nodes")
     return [labels for _, labels in index.get(None, [])] if index is not None else []
-
-
-async def _run(
-    state: _State,
-    namespace: str,
-    name: str,
-    uid: str,
-    logger: Any,
-    nodes: list[dict[str, str]],
-    *,
-    urgent: bool = False,
-) -> Outcome | None:
-    """Reconcile the CR as the cache holds it, under its lock (so the status it compares against
-    includes the previous reconcile's write). None when the CR is gone or was replaced (another
-    uid), or when a reconcile of it is already waiting (it reads the newest cache: this request is
-    folded into it). ``urgent`` (a new or changed CR, a deleted or drifted child) runs on the
-    threads that status-following work and resyncs cannot occupy. A transient failure schedules a
-    retry with backoff through the CR's daemon."""
-    key = (namespace, name)
-    state.urgent[key] = state.urgent.get(key, False) or urgent
-    if state.waiting.get(key):
-        return None
-    state.waiting[key] = True
-    async with state.lock(namespace, name):
-        state.waiting[key] = False
-        outcome: Outcome | None = None
-        for _ in range(3):  # at most twice more, when the CR changed while it was reconciled
-            body = state.cache.cr(namespace, name)
-            if body is None or body["metadata"].get("uid") != uid:
-                return None
-            failures = state.failures.get(key, 0)  # consecutive, whichever trigger ran them
-            executor = state.fresh if state.urgent.pop(key, False) else state.background
-            work = functools.partial(
-                reconcile,
-                body,
-                state.kube,
-                logger,
-                retry=failures,
-                options=state.config.options,
-                cache=state.cache,
-                nodes=nodes,
-            )
-            try:
-                outcome = await asyncio.get_running_loop().run_in_executor(executor, work)
-            except kopf.TemporaryError as e:
-                state.failures[key] = failures + 1
-                state.schedule(uid, float(e.delay or 1.0))
-                logger.warning(
-                    f"Reconcile of {api.KIND} {namespace}/{name} failed ({e}); retrying in {e.delay}s."
-                )
-                if isinstance(e, RetryLater):
-                    await _post(body, Outcome(result="retrying", notices=e.notices))
-                return None
-            state.failures.pop(key, None)
-            await _post(body, outcome)
-            # A spec change that landed meanwhile may already sit in the cache, carried by our own
-            # status patch's response (its watch event is then no news): reconcile it now.
-            now = state.cache.cr(namespace, name)
-            if now is None or now["metadata"].get("generation") == body["metadata"].get("generation"):
-                break
-            state.urgent[key] = True
-    return outcome
-
-
-def _request(
-    state: _State, namespace: str, name: str, uid: str, logger: Any, nodes: list[dict[str, str]], *, urgent: bool
-) -> None:
-    """Ask for a reconcile of the CR and return at once: kopf's worker for the event, and the
-    event's body with it, are done while the reconcile waits for its turn (at startup, thousands
-    of listed bodies were held until their owners' reconciles ran)."""
-    task = asyncio.create_task(_run(state, namespace, name, uid, logger, nodes, urgent=urgent))
-    state.tasks.add(task)
-    task.add_done_callback(functools.partial(_done, state, logger, f"{namespace}/{name}"))
-
-
-def _done(state: _State, logger: Any, what: str, task: asyncio.Task[Any]) -> None:
-    state.tasks.discard(task)
-    if not task.cancelled() and task.exception() is not None:
-        logger.error(f"Reconcile of {api.KIND} {what} failed: {task.exception()!r}")
 
 
 async def _trim_forever() -> None:
@@ -281,9 +117,18 @@ def _owner(child: Mapping[str, Any]) -> Mapping[str, Any] | None:
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig | None = None) -> kopf.OperatorRegistry:
     """Register every handler of the operator on ``registry`` (a fresh one per operator or test)."""
     config = config or OperatorConfig()
-    state = _State(config)
-    resource = (api.GROUP, api.VERSION, api.PLURAL)
+    state = State(config)
+    _register_lifecycle(registry, state)
+    _register_crs(registry, state)
+    _register_children(registry, state)
+    if config.options.read_nodes:
+        _register_nodes(registry, state)
+    return registry
 
+
+def _register_lifecycle(registry: kopf.OperatorRegistry, state: State) -> None:
+    """Settings, login with the operator's own credentials, and cleanup."""
+    config = state.config
     background: list[asyncio.Task[None]] = []
 
     @kopf.on.startup(registry=registry, id="configure")
@@ -318,6 +163,11 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig | None = No
             trust_env=settings.networking.trust_env,
         )
 
+
+def _register_crs(registry: kopf.OperatorRegistry, state: State) -> None:
+    """The CR's events (news reconciles it) and its resync daemon (the backstop, and retries)."""
+    resource = (api.GROUP, api.VERSION, api.PLURAL)
+
     @kopf.on.event(*resource, registry=registry, id="reconcile")
     async def on_cr(type: str | None, body: kopf.Body, logger: Any, **kw: Any) -> None:  # noqa: A002 (kopf's name)
         meta = body.get("metadata", {})
@@ -328,8 +178,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig | None = No
             return
         if state.cache.observe_cr(body):  # not the echo of our own status patch
             observed = (body.get("status") or {}).get("observedGeneration")
-            _request(state, namespace, name, uid, logger, _node_labels(kw),
-                     urgent=observed != meta.get("generation"))  # fmt: skip
+            request(state, namespace, name, uid, logger, _node_labels(kw),
+                    urgent=observed != meta.get("generation"))  # fmt: skip
 
     async def resync(body: kopf.Body, stopped: kopf.DaemonStopped, logger: Any, **kw: Any) -> None:
         meta = body.get("metadata", {})
@@ -353,9 +203,13 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig | None = No
                 continue  # woken to re-plan (an earlier retry or re-check was scheduled)
             state.due[uid] = state.next_resync()
             if state.cache.cr(namespace, name) is not None:
-                await _run(state, namespace, name, uid, logger, _node_labels(kw))
+                await run(state, namespace, name, uid, logger, _node_labels(kw))
 
     _daemon_without_finalizer(registry, resync, resource, id="resync")
+
+
+def _register_children(registry: kopf.OperatorRegistry, state: State) -> None:
+    """Children's events: a deleted or drifted child, or a status the CR reports, reconciles the owner."""
 
     async def on_child(type: str | None, body: kopf.Body, logger: Any, **kw: Any) -> None:  # noqa: A002 (kopf's name)
         change = state.cache.observe_child(body, type)
@@ -364,44 +218,47 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig | None = No
             return
         namespace = body.get("metadata", {}).get("namespace", "")
         logger.debug(f"{type} {body.get('kind')} {namespace}/{body['metadata']['name']} ({change.value}): "
-                     "reconciling its owner")
+                     "reconciling its owner")  # fmt: skip
         urgent = change in (Change.GONE, Change.DRIFT)  # a repair; a status change can wait a little
-        _request(state, namespace, ref["name"], str(ref.get("uid") or ""), logger, _node_labels(kw), urgent=urgent)
+        request(
+            state, namespace, ref["name"], str(ref.get("uid") or ""), logger, _node_labels(kw), urgent=urgent
+        )
 
     for kind_name in WATCHED_CHILDREN:
         kind = KINDS[kind_name]
         kopf.on.event(
             kind.group, kind.api_version.rpartition("/")[2], kind.plural,
             registry=registry, id=f"child-{kind.plural}",
-        )(on_child)
+        )(on_child)  # fmt: skip
 
-    if config.options.read_nodes:
-        recheck: dict[str, asyncio.TimerHandle] = {}
 
-        @kopf.index("", "v1", "nodes", registry=registry, id="gpu_nodes")
-        def gpu_nodes(name: str, labels: Mapping[str, str], **_: Any) -> Any:
-            return {None: (name, dict(labels))}
+def _register_nodes(registry: kopf.OperatorRegistry, state: State) -> None:
+    """GPU nodes' labels as a kopf index; a change of them re-checks every CR (once per burst)."""
+    recheck: dict[str, asyncio.TimerHandle] = {}
 
-        seen: dict[str, dict[str, str]] = {}
+    @kopf.index("", "v1", "nodes", registry=registry, id="gpu_nodes")
+    def gpu_nodes(name: str, labels: Mapping[str, str], **_: Any) -> Any:
+        return {None: (name, dict(labels))}
 
-        @kopf.on.event("", "v1", "nodes", registry=registry, id="gpu-nodes-changed")
-        async def on_node(type: str | None, name: str, labels: Mapping[str, str], **_: Any) -> None:  # noqa: A002
-            # Nodes change often (conditions, heartbeats); only a change of their labels is news.
-            now = {} if type == "DELETED" else dict(labels)
-            before = seen.pop(name, None) if type == "DELETED" else seen.get(name)
-            if type != "DELETED":
-                seen[name] = now
-            if type is None or before == now or "pending" in recheck:
-                return  # the listing filled the index before any CR was planned
-            # GPU facts changed: every CR's plan may change. Once, after a burst of node events.
-            def due_now() -> None:
-                recheck.pop("pending", None)
-                for uid in list(state.due):
-                    state.schedule(uid, 0.0)
+    seen: dict[str, dict[str, str]] = {}
 
-            recheck["pending"] = asyncio.get_running_loop().call_later(NODE_RECHECK_DELAY, due_now)
+    @kopf.on.event("", "v1", "nodes", registry=registry, id="gpu-nodes-changed")
+    async def on_node(type: str | None, name: str, labels: Mapping[str, str], **_: Any) -> None:  # noqa: A002
+        # Nodes change often (conditions, heartbeats); only a change of their labels is news.
+        now = {} if type == "DELETED" else dict(labels)
+        before = seen.pop(name, None) if type == "DELETED" else seen.get(name)
+        if type != "DELETED":
+            seen[name] = now
+        if type is None or before == now or "pending" in recheck:
+            return  # the listing filled the index before any CR was planned
 
-    return registry
+        # GPU facts changed: every CR's plan may change. Once, after a burst of node events.
+        def due_now() -> None:
+            recheck.pop("pending", None)
+            for uid in list(state.due):
+                state.schedule(uid, 0.0)
+
+        recheck["pending"] = asyncio.get_running_loop().call_later(NODE_RECHECK_DELAY, due_now)
 
 
 def _daemon_without_finalizer(
