@@ -69,6 +69,11 @@ def _positive(text: str) -> float:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    _scope_and_election_arguments(p)
+    _operation_arguments(p)
+
+
+def _scope_and_election_arguments(p: argparse.ArgumentParser) -> None:
     scope = p.add_argument_group("what to watch")
     scope.add_argument(
         "-n",
@@ -113,6 +118,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="seconds a replica's keep-alive stays valid; a standby takes over at most this long after "
         "the leader dies without a clean stop (default: %(default)s)",
     )
+
+
+def _operation_arguments(p: argparse.ArgumentParser) -> None:
     ops = p.add_argument_group("endpoints and timing")
     ops.add_argument(
         "--liveness-port",

@@ -83,13 +83,7 @@ def shape_from_config(
         raise MemoryFitError("spec.model.shape", f"config.json of {name or 'the model'} is not a JSON object")
     r = _Reader(config, name)
     model_type = str(r.get("model_type", default="")).lower()
-    for key in _MOE_KEYS:
-        if r.get(key):
-            raise MemoryFitError(
-                "spec.model.shape",
-                f"{name or 'the model'} is a mixture-of-experts model ({key}); the estimator only knows dense "
-                "decoders: set spec.model.shape (parameters, numLayers, numKvHeads, headDim, hiddenSize, vocabSize)",
-            )
+    _refuse_moe(r, name)
     chatglm = model_type == "chatglm" or "multi_query_group_num" in config or "padded_vocab_size" in config
 
     hidden = r.require("hidden_size")
@@ -129,12 +123,7 @@ def shape_from_config(
         # Untied is the conservative default (more parameters) and what llama/qwen2/glm configs default to.
         tied = bool(r.get("tie_word_embeddings", default=False))
 
-    if kv_heads > heads or heads % kv_heads:
-        raise MemoryFitError(
-            "spec.model.shape",
-            f"config.json of {name or 'the model'}: {heads} attention heads are not a multiple "
-            f"of {kv_heads} key/value heads",
-        )
+    _check_heads(heads, kv_heads, name)
     q = heads * head_dim
     kv = kv_heads * head_dim
     linear = layers * (hidden * q + 2 * hidden * kv + q * hidden + 3 * hidden * intermediate)
@@ -162,6 +151,25 @@ def shape_from_config(
         max_position_embeddings=int(max_positions) if max_positions else None,
         source=source,
     )
+
+
+def _refuse_moe(r: _Reader, name: str) -> None:
+    for key in _MOE_KEYS:
+        if r.get(key):
+            raise MemoryFitError(
+                "spec.model.shape",
+                f"{name or 'the model'} is a mixture-of-experts model ({key}); the estimator only knows dense "
+                "decoders: set spec.model.shape (parameters, numLayers, numKvHeads, headDim, hiddenSize, vocabSize)",
+            )
+
+
+def _check_heads(heads: int, kv_heads: int, name: str) -> None:
+    if kv_heads > heads or heads % kv_heads:
+        raise MemoryFitError(
+            "spec.model.shape",
+            f"config.json of {name or 'the model'}: {heads} attention heads are not a multiple "
+            f"of {kv_heads} key/value heads",
+        )
 
 
 def vision_parameters(config: Mapping[str, Any]) -> int:
