@@ -256,7 +256,10 @@ def main() -> int:
             f"new CR at {total} CRs -> Deployment: p50 {percentile(lat, 50):.2f} s, max {max(lat):.2f} s",
             flush=True,
         )
+        print(f"operator RSS through the idle interval: {min(rss):.0f}-{max(rss):.0f} MiB", flush=True)
         if args.outage:
+            # STOP_CMD must return once the server is gone (a server still shutting down made the
+            # start script believe it was running): e.g. "kill PID; while kill -0 PID; do sleep 1; done".
             subprocess.run(args.outage[0], shell=True, check=True)  # noqa: S602 - the user's own command
             time.sleep(args.outage_seconds)
             subprocess.run(args.outage[1], shell=True, check=True)  # noqa: S602
@@ -277,8 +280,9 @@ def main() -> int:
     finally:
         op.stop()
         kube.close()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, default=str))
+        # What was measured is kept when a later phase fails (the outage's restart, a timeout).
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2, default=str))
     return 0
 
 
