@@ -74,13 +74,15 @@ class Serving:
         task = asyncio.ensure_future(handle.collect())
         try:
             while True:
-                done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
-                if done:
-                    return task.result()
+                # Asked before each wait: a client already gone never waits for a whole generation
+                # (and a test of it does not race a fast model).
                 if await disconnected():
                     handle.cancel()
                     task.cancel()
                     raise OpenAIError("client disconnected", status=499, code="client_closed")
+                done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+                if done:
+                    return task.result()
         except EngineError as exc:
             raise engine_error(exc) from exc
         finally:
