@@ -21,12 +21,9 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_big = error_response(
-            OpenAIError(f"request body exceeds {self.limit} bytes", status=413, code="body_too_large")
-        )
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            await too_big(scope, receive, send)
+            await self._too_big(scope, receive, send)
             return
         seen = 0
 
@@ -42,7 +39,12 @@ class BodySizeLimit:
         try:
             await self.app(scope, limited, send)
         except _BodyTooLargeError:
-            await too_big(scope, receive, send)
+            await self._too_big(scope, receive, send)
+
+    async def _too_big(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """413 in the OpenAI error shape (built only when a body is refused, not for every request)."""
+        refusal = OpenAIError(f"request body exceeds {self.limit} bytes", status=413, code="body_too_large")
+        await error_response(refusal)(scope, receive, send)
 
 
 class _BodyTooLargeError(Exception):
