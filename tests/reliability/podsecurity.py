@@ -4,13 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from autoglm_operator import labels
 
-def restricted_problems(deployment: dict[str, Any]) -> list[str]:
-    """Why the Deployment's pods would not run restricted (empty = fine)."""
+
+def talks_to_the_api(deployment: dict[str, Any]) -> bool:
+    """The endpoint picker watches pods and its InferencePool with its own ServiceAccount's token
+    (as the operator does); the model pods never need one."""
+    pod_labels = (deployment["spec"]["template"].get("metadata") or {}).get("labels") or {}
+    return pod_labels.get("app.kubernetes.io/component") == labels.PICKER_COMPONENT
+
+
+def restricted_problems(deployment: dict[str, Any], *, api_client: bool | None = None) -> list[str]:
+    """Why the Deployment's pods would not run restricted (empty = fine). ``api_client``: the pods
+    may mount their ServiceAccount token (the operator); by default only the endpoint picker may."""
     pod = deployment["spec"]["template"]["spec"]
     psc = pod.get("securityContext") or {}
     out = []
-    if pod.get("automountServiceAccountToken") is not False:
+    if api_client is None:
+        api_client = talks_to_the_api(deployment)
+    if pod.get("automountServiceAccountToken") is not False and not api_client:
         out.append("automountServiceAccountToken is not false")
     for flag in ("hostNetwork", "hostPID", "hostIPC"):
         if pod.get(flag):

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 
-from autoglm_operator import api, labels
+from autoglm_operator import api
 from autoglm_operator.render import SpecError, render
 from tests.conftest import EXAMPLES, REPO
 from tests.operator.e2e.harness import Harness
@@ -77,9 +77,7 @@ def test_chart_rbac_is_least_privilege(values: tuple[str, ...]) -> None:
             problems.append(f"{b['kind']} {b['metadata']['name']} binds {b['roleRef']['name']}")
     pods = [o for o in objects if o["kind"] == "Deployment"]
     for dep in pods:
-        problems += [
-            f"operator pod: {p}" for p in restricted_problems(dep) if "automountServiceAccountToken" not in p
-        ]  # the operator needs its token
+        problems += [f"operator pod: {p}" for p in restricted_problems(dep, api_client=True)]
     summary.record(
         "security",
         f"chart RBAC least privilege ({'namespaced' if values else 'cluster-wide'})",
@@ -99,15 +97,7 @@ def test_examples_render_restricted_pods(example: Path) -> None:
     deployments = [
         o for o in render(obj, operator_version=OPERATOR_VERSION).objects if o["kind"] == "Deployment"
     ]
-    picker = labels.picker_name(obj["metadata"]["name"])
-    problems = [
-        p
-        for d in deployments
-        for p in restricted_problems(d)
-        # the endpoint picker watches the API (pods, its pool) with its own ServiceAccount's token,
-        # as the operator does; the model pods never mount one
-        if not (d["metadata"]["name"] == picker and "automountServiceAccountToken" in p)
-    ]
+    problems = [p for d in deployments for p in restricted_problems(d)]
     summary.record(
         "security", f"restricted pods: example {example.stem}", cases=len(deployments), failures=len(problems)
     )
@@ -127,17 +117,10 @@ def test_fuzzed_specs_render_restricted_pods() -> None:
             objects = render(obj, operator_version=OPERATOR_VERSION).objects
         except SpecError:
             return
-        picker = labels.picker_name(obj["metadata"]["name"])
         for o in objects:
             if o["kind"] == "Deployment":
                 seen["deployments"] += 1
-                problems = [
-                    p
-                    for p in restricted_problems(o)
-                    # the endpoint picker (spec.routing) mounts its ServiceAccount's token, as above
-                    if not (o["metadata"]["name"] == picker and "automountServiceAccountToken" in p)
-                ]
-                assert problems == [], problems
+                assert restricted_problems(o) == [], restricted_problems(o)
 
     try:
         check()

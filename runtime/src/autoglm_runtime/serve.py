@@ -255,6 +255,7 @@ def run(args: argparse.Namespace) -> int:
         port=settings.port,
         log_config=None,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
+        timeout_keep_alive=settings.keep_alive_s,
         **ssl,
     )
     server = DrainingServer(config, guard, settings.shutdown_grace_s)

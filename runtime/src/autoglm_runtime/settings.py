@@ -97,6 +97,14 @@ class RuntimeSettings(BaseSettings, ServingSettings):
     )
     rate_limit_burst: int = Field(0, ge=0, description="Bucket size; 0 = max(1, rate).")
     shutdown_grace_s: float = Field(25.0, ge=0, description="SIGTERM: time to finish in-flight requests.")
+    keep_alive_s: int = Field(
+        75,
+        ge=1,
+        le=3600,
+        description="Idle HTTP keep-alive connections close after this long. Keep it above your clients' "
+        "and gateway's idle timeout (httpx 5 s, AWS ALB 60 s): a request sent on a connection the "
+        "server is just closing fails with a reset.",
+    )
     log_format: str = Field("json", pattern="^(json|text)$", description="json (in pods) or text.")
     log_level: str = Field("INFO", description="Python log level.")
 
