@@ -25,3 +25,12 @@ def test_child_and_node_watches_select_server_side() -> None:
     settings = kopf.OperatorSettings()
     configure_settings(settings, read_nodes=False)
     assert list(settings.watching.label_selectors.values()) == [CHILD_SELECTOR]
+
+
+def test_kopf_workers_do_not_keep_bodies_after_their_event() -> None:
+    """Kopf's per-object worker keeps its last raw event while it idles (5 s by default): after a
+    restart at 1,000 CRs that held every listed body at once (docs/benchmarks.md, issue 19)."""
+    settings = kopf.OperatorSettings()
+    assert settings.queueing.idle_timeout == 5.0  # kopf's default, the one that cost memory
+    configure_settings(settings)
+    assert settings.queueing.idle_timeout <= 0.5

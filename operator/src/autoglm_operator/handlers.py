@@ -68,6 +68,7 @@ CHILD_SELECTOR = f"app.kubernetes.io/managed-by={labels.MANAGED_BY}"
 NODE_RECHECK_DELAY = 1.0  # seconds: a burst of node events (the listing) re-checks the CRs once
 LIST_CHUNK = 100  # objects per page of kopf's initial listings
 TRIM_SECONDS = 60.0  # how often freed memory goes back to the kernel (malloc.trim)
+WORKER_IDLE_SECONDS = 0.3  # kopf's per-object worker: exit this soon after its last event
 
 
 def configure_settings(settings: kopf.OperatorSettings, *, read_nodes: bool = True) -> None:
@@ -83,6 +84,11 @@ def configure_settings(settings: kopf.OperatorSettings, *, read_nodes: bool = Tr
     settings.watching.client_timeout = 330
     # Listings in pages: a restart at 1,000 CRs does not parse 1,000 Deployments in one response.
     settings.watching.chunk_size = LIST_CHUNK
+    # Kopf's per-object worker keeps the last raw event (the whole body) while it waits for the next
+    # one, 5 s by default: after a restart at 1,000 CRs that is every listed CR and child at once.
+    # Our handlers only update the cache and ask for a reconcile, so a worker has nothing to wait
+    # for; measured on a real v1.36 server, restart at 1,000 CRs: RSS 173-193 → 160-169 MiB.
+    settings.queueing.idle_timeout = WORKER_IDLE_SECONDS
     # Retries of a failed request (a watch too) every few seconds at most: kopf's default climbs to
     # 13 and 21 s, so after a 45 s API outage a new CR waited 44 s for the watches to come back
     # (measured on a real v1.36 server); with gaps of at most 5 s it is reconciled within seconds.
