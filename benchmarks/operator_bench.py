@@ -477,8 +477,51 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def render_cost(n: int = 200, rounds: int = 3) -> dict[str, float]:
+    """CPU ms per render as a reconcile calls it (the spec parsed once per generation), with the
+    templates' YAML parsed every time vs remembered (``manifests``' parse cache), alternated."""
+    import statistics
+
+    from autoglm_operator import manifests
+    from autoglm_operator import render as render_mod
+
+    cr = cr_body("render-cost", "bench")
+    cr["metadata"]["uid"] = "00000000-0000-0000-0000-000000000001"
+    spec = render_mod.parse_spec(cr, cel=False)
+    saved = manifests._parsed  # noqa: SLF001
+
+    def per_render(size: int) -> float:
+        manifests._parsed = manifests._ParsedYaml(size)  # noqa: SLF001
+        render_mod.render(cr, spec=spec)
+        t0 = time.process_time()
+        for _ in range(n):
+            render_mod.render(cr, spec=spec)
+        return (time.process_time() - t0) / n * 1000
+
+    try:
+        uncached, cached = [], []
+        for _ in range(rounds):
+            uncached.append(per_render(0))
+            cached.append(per_render(manifests.PARSED_CACHE))
+    finally:
+        manifests._parsed = saved  # noqa: SLF001
+    return {"uncached_ms": statistics.median(uncached), "cached_ms": statistics.median(cached)}
+
+
 def _targets(result: dict[str, Any], bursts: list[int]) -> list[dict[str, Any]]:
     ts = list(result["writes"]["targets"]) if "writes" in result else []
+    if "render" in result:
+        r = result["render"]
+        ts.append(
+            target(
+                "render CPU per reconcile: YAML parsed each time / parse cache",
+                "reported (no target)",
+                r["uncached_ms"] / r["cached_ms"],
+                True,
+                unit="x",
+                note=f"{r['uncached_ms']:.2f} vs {r['cached_ms']:.2f} ms CPU",
+            )
+        )
     scale = result["scale"]
     bs = scale["bursts"]
     small, big = min(bursts), max(bursts)
@@ -547,6 +590,7 @@ def main() -> int:
 
     started = time.time()
     result = asyncio.run(run(args))
+    result["render"] = render_cost()
     result["targets"] = _targets(result, args.bursts)
     result["machine"] = describe(with_torch=False)
     result["duration_s"] = time.time() - started
