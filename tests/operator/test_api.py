@@ -68,3 +68,11 @@ def test_cel_rules_run_in_pydantic_too():
     spec(quantization="nf4", quantizationOptions={"doubleQuant": True})
     # replicas outside the bounds are fine when autoscaling is switched off
     spec(replicas=9, autoscaling={"enabled": False, "minReplicas": 1, "maxReplicas": 2})
+
+
+def test_the_crs_quantization_modes_are_the_runtimes_plus_auto() -> None:
+    """The CR's modes reach the runtime's AUTOGLM_QUANTIZATION as strings: a mode the runtime does
+    not know would crash-loop its pods, one the CR lacks could never be asked for."""
+    from autoglm_runtime.serving_settings import Quantization
+
+    assert {m.value for m in QuantizationMode} == {m.value for m in Quantization} | {"auto"}
