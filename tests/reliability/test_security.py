@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -151,9 +152,7 @@ def _b64(text: str) -> str:
 
 
 def _create_secret(namespace: str, name: str, data: dict[str, str]) -> None:
-    from kubernetes import client
-
-    from autoglm_operator.kube import load_configuration
+    from kubernetes import client, config
 
     body = {
         "apiVersion": "v1",
@@ -162,7 +161,7 @@ def _create_secret(namespace: str, name: str, data: dict[str, str]) -> None:
         "type": "Opaque",
         "data": {k: _b64(v) for k, v in data.items()},
     }
-    with client.ApiClient(load_configuration()) as api_client:
+    with config.new_client_from_config(config_file=os.environ.get("KUBECONFIG")) as api_client:
         client.CoreV1Api(api_client).create_namespaced_secret(namespace, body)
 
 

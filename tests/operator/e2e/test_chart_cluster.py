@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import os
 import shutil
 import subprocess
 import time
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client as k8s
+from kubernetes import config as k8s_config
 
 from autoglm_operator import api
 from autoglm_operator.kube import KINDS, Kind, Kube, KubeApiError, load_configuration
@@ -98,9 +100,9 @@ def namespace(kube: Kube) -> Iterator[str]:
 
 def _service_account_kubeconfig(deployment: dict[str, Any], directory: Path) -> Path:
     """A kubeconfig with a token of the chart's ServiceAccount (what the pods would get)."""
-    cfg = load_configuration()
+    info = load_configuration()
     sa = deployment["spec"]["template"]["spec"]["serviceAccountName"]
-    with k8s.ApiClient(cfg) as api_client:
+    with k8s_config.new_client_from_config(config_file=os.environ.get("KUBECONFIG")) as api_client:
         token = (
             k8s.CoreV1Api(api_client)
             .create_namespaced_service_account_token(
@@ -108,9 +110,11 @@ def _service_account_kubeconfig(deployment: dict[str, Any], directory: Path) -> 
             )
             .status.token
         )
-    cluster: dict[str, Any] = {"server": cfg.host}
-    if cfg.ssl_ca_cert:
-        cluster["certificate-authority-data"] = base64.b64encode(Path(cfg.ssl_ca_cert).read_bytes()).decode()
+    cluster: dict[str, Any] = {"server": info.server}
+    if info.ca_path:
+        cluster["certificate-authority-data"] = base64.b64encode(Path(info.ca_path).read_bytes()).decode()
+    elif info.ca_data:
+        cluster["certificate-authority-data"] = info.ca_data
     path = directory / "operator-kubeconfig"
     path.write_text(
         yaml.safe_dump(

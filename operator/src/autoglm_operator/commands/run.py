@@ -247,6 +247,11 @@ def configure_logging(log_format: str, verbose: bool) -> None:
         log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.FULL,
         log_refkey="object",  # JSON lines carry {"object": {"namespace", "name", ...}}
     )
+    from autoglm_operator.handlers import QuietEventHandlers
+
+    quiet = logging.getLogger("kopf.objects")
+    if not any(isinstance(f, QuietEventHandlers) for f in quiet.filters):
+        quiet.addFilter(QuietEventHandlers())
 
 
 def run(args: argparse.Namespace, hooks: Hooks | None = None) -> int:
