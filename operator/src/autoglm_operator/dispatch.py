@@ -20,11 +20,17 @@ import kopf
 from autoglm_operator import api
 from autoglm_operator.cache import Cache
 from autoglm_operator.kube import Kube
+from autoglm_operator.memo import RenderMemo
 from autoglm_operator.reconcile import Options, Outcome, RetryLater, reconcile
 
 RESYNC_JITTER = 0.1  # ± fraction of the resync period
 FRESH_THREADS = 4  # reconciles of created/changed CRs, deleted or drifted children
 BACKGROUND_THREADS = 2  # reconciles that follow a child's status, resyncs, retries
+# A reconcile that follows a child's status waits this long before it queues, and every request
+# for the CR meanwhile folds into it: a rollout's successive status updates (the controller writes
+# a new Deployment's status 2-4 times within a second, then again when the HPA scales it) become one
+# reconcile. An urgent request (a new or changed CR, a deleted or drifted child) cuts the wait.
+FOLLOW_DELAY = 1.0
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,7 @@ class OperatorConfig:
     # Hook for tests and embedders: tune kopf's settings after ours (timeouts, backoffs).
     tune: Callable[[kopf.OperatorSettings], None] | None = None
     kube_factory: Callable[[], Kube] = Kube
+    follow_delay: float = FOLLOW_DELAY
 
 
 class State:
@@ -44,6 +51,7 @@ class State:
     def __init__(self, config: OperatorConfig) -> None:
         self.config = config
         self.cache = Cache()
+        self.memo = RenderMemo()  # recent renders: most reconciles change nothing (memo.py)
         self._kube: Kube | None = None
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self.failures: dict[tuple[str, str], int] = {}  # consecutive transient failures per CR
@@ -54,6 +62,7 @@ class State:
         # newest cache, so more requests add nothing) and the most urgent priority asked of it.
         self.waiting: dict[tuple[str, str], bool] = {}
         self.urgent: dict[tuple[str, str], bool] = {}
+        self.hurry: dict[tuple[str, str], asyncio.Event] = {}  # set: a waiting follower goes now
         # New and changed CRs (and repairs) never queue behind status-following work and resyncs.
         self.fresh = ThreadPoolExecutor(FRESH_THREADS, thread_name_prefix="reconcile-fresh")
         self.background = ThreadPoolExecutor(BACKGROUND_THREADS, thread_name_prefix="reconcile-background")
@@ -87,10 +96,12 @@ class State:
 
     def forget(self, namespace: str, name: str, uid: str) -> None:
         self.cache.forget_cr(namespace, name)
+        self.memo.forget(uid)
         self.failures.pop((namespace, name), None)
         self._locks.pop((namespace, name), None)
         self.waiting.pop((namespace, name), None)
         self.urgent.pop((namespace, name), None)
+        self.hurry.pop((namespace, name), None)
         self.due.pop(uid, None)
         self._wake.pop(uid, None)
         self._gone.pop(uid, asyncio.Event()).set()
@@ -117,18 +128,30 @@ async def run(
     nodes: list[dict[str, str]],
     *,
     urgent: bool = False,
+    follow: bool = False,
 ) -> Outcome | None:
     """Reconcile the CR as the cache holds it, under its lock (so the status it compares against
     includes the previous reconcile's write). None when the CR is gone or was replaced (another
     uid), or when a reconcile of it is already waiting (it reads the newest cache: this request is
     folded into it). ``urgent`` (a new or changed CR, a deleted or drifted child) runs on the
-    threads that status-following work and resyncs cannot occupy. A transient failure schedules a
-    retry with backoff through the CR's daemon."""
+    threads that status-following work and resyncs cannot occupy; ``follow`` (a child's status
+    changed) first waits ``follow_delay`` for more news of the CR to fold in. A transient failure
+    schedules a retry with backoff through the CR's daemon."""
     key = (namespace, name)
     state.urgent[key] = state.urgent.get(key, False) or urgent
     if state.waiting.get(key):
+        if urgent and key in state.hurry:
+            state.hurry[key].set()
         return None
     state.waiting[key] = True
+    if follow and not urgent and state.config.follow_delay > 0:
+        hurry = state.hurry[key] = asyncio.Event()
+        try:
+            await asyncio.wait_for(hurry.wait(), state.config.follow_delay)
+        except TimeoutError:
+            pass
+        finally:
+            state.hurry.pop(key, None)
     async with state.lock(namespace, name):
         state.waiting[key] = False
         outcome: Outcome | None = None
@@ -147,6 +170,7 @@ async def run(
                 options=state.config.options,
                 cache=state.cache,
                 nodes=nodes,
+                memo=state.memo,
             )
             try:
                 outcome = await asyncio.get_running_loop().run_in_executor(executor, work)
@@ -183,7 +207,9 @@ def request(
     """Ask for a reconcile of the CR and return at once: kopf's worker for the event, and the
     event's body with it, are done while the reconcile waits for its turn (at startup, thousands
     of listed bodies were held until their owners' reconciles ran)."""
-    task = asyncio.create_task(run(state, namespace, name, uid, logger, nodes, urgent=urgent))
+    task = asyncio.create_task(
+        run(state, namespace, name, uid, logger, nodes, urgent=urgent, follow=not urgent)
+    )
     state.tasks.add(task)
     task.add_done_callback(functools.partial(_done, state, logger, f"{namespace}/{name}"))
 

@@ -3,11 +3,8 @@ and the deterministic YAML/JSON the objects are printed as."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from functools import cache
 from typing import Any
@@ -53,49 +50,8 @@ _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _Dumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
-PARSED_CACHE = 512  # filled templates whose parse is remembered (as JSON, ~0.7-4 kB each)
-
-
-class _ParsedYaml:
-    """The YAML parse of recently filled templates, kept as compact JSON by a digest of the text.
-
-    A CR is reconciled again and again with the same spec (its children's events, resyncs) and
-    fills its templates into the same text each time. PyYAML builds the objects in Python even with
-    libyaml's parser: ~3 of a reconcile's ~4 ms of rendering (``make bench``'s operator figures);
-    ``json.loads`` of the same objects costs a few hundredths of that. Each call returns a fresh
-    object (callers add hashes and owners to it)."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._entries: OrderedDict[bytes, str] = OrderedDict()
-        self._lock = threading.Lock()  # reconciles run on worker threads
-
-    def load(self, text: str) -> Any:
-        key = hashlib.blake2b(text.encode(), digest_size=16).digest()
-        with self._lock:
-            cached = self._entries.get(key)
-            if cached is not None:
-                self._entries.move_to_end(key)
-        if cached is not None:
-            return json.loads(cached)
-        obj = yaml.load(text, Loader=_Loader)  # noqa: S506 - safe loader
-        try:
-            as_json = json.dumps(obj, separators=(",", ":"))
-        except (TypeError, ValueError):  # not JSON (a YAML date, say): parsed every time
-            return obj
-        if json.loads(as_json) == obj:  # nor where JSON would change it (a number as a key)
-            with self._lock:
-                self._entries[key] = as_json
-                while len(self._entries) > self.size:
-                    self._entries.popitem(last=False)
-        return obj
-
-
-_parsed = _ParsedYaml(PARSED_CACHE)
-
-
 def fill(name: str, context: Mapping[str, Any]) -> dict[str, Any]:
-    obj = _parsed.load(_template(name).render(context))
+    obj = yaml.load(_template(name).render(context), Loader=_Loader)  # noqa: S506 - safe loader
     if not isinstance(obj, dict):
         raise TypeError(f"template {name} did not produce an object")
     return obj

@@ -38,6 +38,7 @@ from autoglm_operator import api, autoscaling, metrics
 from autoglm_operator import render as render_mod
 from autoglm_operator.cache import HASH_ANNOTATION, Cache
 from autoglm_operator.kube import KINDS, Kube, KubeApiError, kind_of
+from autoglm_operator.memo import RenderMemo, render_key
 from autoglm_operator.memory.errors import MemoryFitError
 from autoglm_operator.nodes import GPU_PRODUCT_LABEL, node_gpu
 from autoglm_operator.observe import backoff, observation, write_status
@@ -151,16 +152,20 @@ def reconcile(
     cache: Cache | None = None,
     nodes: Sequence[Mapping[str, str]] = (),
     clock: Callable[[], float] = time.monotonic,
+    memo: RenderMemo | None = None,
 ) -> Outcome:
     """Bring the children and status of the CR ``body`` in line with its spec (idempotent).
 
     ``cache`` is what the watches delivered (the operator's); without one nothing is known, so
-    every child is applied. ``nodes``: the labels of the GPU nodes (GPU feature discovery)."""
+    every child is applied. ``nodes``: the labels of the GPU nodes (GPU feature discovery).
+    ``memo``: the operator's memo of recent renders (none: render every time)."""
     options = options or Options()
     cache = cache if cache is not None else Cache()
     started = clock()
     try:
-        outcome = _reconcile(body, kube, logger, retry=retry, options=options, cache=cache, nodes=nodes)
+        outcome = _reconcile(
+            body, kube, logger, retry=retry, options=options, cache=cache, nodes=nodes, memo=memo
+        )
     except kopf.TemporaryError:
         metrics.RECONCILES.labels(result="retrying").inc()
         raise
@@ -185,6 +190,7 @@ def _reconcile(
     options: Options,
     cache: Cache,
     nodes: Sequence[Mapping[str, str]],
+    memo: RenderMemo | None,
 ) -> Outcome:
     meta = body.get("metadata") or {}
     namespace, name = meta.get("namespace", ""), meta.get("name", "")
@@ -201,10 +207,7 @@ def _reconcile(
         if not checked:
             cache.mark_cel_checked(uid, generation)
         gpu = node_gpu(nodes, spec) if options.read_nodes else None
-        plan = _plan(spec, gpu) if options.allow_network else None
-        rendered = render_mod.render(
-            body, node_gpu=gpu, plan=plan, prometheus_address=options.prometheus_address, spec=spec
-        )
+        rendered, wanted = _desired(body, spec, gpu, options, memo)
     except (render_mod.SpecError, MemoryFitError) as e:
         text = spec_error_text(e)
         logger.warning(f"Invalid spec of {api.KIND} {namespace}/{name}: {text}")
@@ -218,9 +221,6 @@ def _reconcile(
     live: Live = {}
     warnings: list[str] = []
     apply_error: str | None = None
-    wanted = sorted(
-        rendered.objects, key=lambda o: APPLY_ORDER.index(o["kind"]) if o["kind"] in APPLY_ORDER else 99
-    )
     try:
         _apply(wanted, namespace, kube, cache, options, outcome, live, warnings, logger)
         _prune(wanted, meta.get("uid", ""), kube, cache, outcome, logger)
@@ -270,7 +270,7 @@ def _apply(
     for obj in wanted:
         kind = kind_of(obj)
         obj_ns, obj_name = obj["metadata"].get("namespace", namespace), obj["metadata"]["name"]
-        desired = with_hash(obj)
+        desired = obj  # carries its applied hash (_desired)
         try:
             record = current(cache, kube, kind, obj_ns, obj_name, desired)
             if record is not None and record_in_sync(record, desired):
@@ -301,6 +301,33 @@ def _prune(
             outcome.writes.append(("delete", child.kind, f"{child.namespace}/{child.name}"))
             logger.info(f"Deleted {child.kind} {child.namespace}/{child.name} (no longer wanted by the spec)")
         cache.forget_child(child.kind, child.namespace, child.name)
+
+
+def _desired(
+    body: Mapping[str, Any],
+    spec: api.AutoGLMDeploymentSpec,
+    gpu: Any,
+    options: Options,
+    memo: RenderMemo | None,
+) -> tuple[render_mod.Rendered, list[dict[str, Any]]]:
+    """The render, and the objects it wants in apply order with their applied hashes; from the memo
+    while the render's inputs are the same (never with ``--allow-network``: the hub may change)."""
+    uid = str((body.get("metadata") or {}).get("uid") or "")
+    use_memo = memo is not None and bool(uid) and not options.allow_network
+    key = render_key(body, gpu, options.prometheus_address) if use_memo else ""
+    if memo is not None and key and (hit := memo.get(uid, key)) is not None:
+        return hit
+    plan = _plan(spec, gpu) if options.allow_network else None
+    rendered = render_mod.render(
+        body, node_gpu=gpu, plan=plan, prometheus_address=options.prometheus_address, spec=spec
+    )
+    order = sorted(
+        rendered.objects, key=lambda o: APPLY_ORDER.index(o["kind"]) if o["kind"] in APPLY_ORDER else 99
+    )
+    wanted = [with_hash(o) for o in order]
+    if memo is not None and key:
+        memo.put(uid, key, rendered, wanted)
+    return rendered, wanted
 
 
 def _plan(spec: api.AutoGLMDeploymentSpec, node_gpu: Any) -> Any:
