@@ -10,8 +10,11 @@ to the resources the operator touches and without the subresources the controlle
 (``deployments/status``, ``horizontalpodautoscalers/status``, ``deployments/scale``); the operator's
 own client counts its requests too (``autoglm_operator_api_requests_total``). Measured:
 
-- each burst: seconds until every CR has ``observedGeneration == generation`` and a Deployment;
-  T(big)/T(small) (linear = big/small);
+- each burst: seconds until every CR has ``observedGeneration == generation`` and a Deployment
+  (watched, not polled), with the operator's default resync period; T(big)/T(small) (linear =
+  big/small);
+- a restart of the operator at all those CRs (with the short resync period of the idle interval):
+  RSS once no write happened for 30 s;
 - at steady state: a new CR → its Deployment, several tries (p50/max);
 - an idle interval of several resync periods: API requests by verb and resource, per CR per resync;
 - operator RSS idle (before the bursts) and after, and through the idle interval.
@@ -30,11 +33,14 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+import urllib3
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -65,14 +71,13 @@ _SAMPLE = re.compile(r"^apiserver_request_total\{([^}]*)\} ([0-9.e+]+)$")
 
 def request_counts(kube: Kube) -> Counter[tuple[str, str]]:
     """(verb, resource[/subresource]) → requests the API server has served, for our resources."""
-    raw = (
-        kube._client.call_api(  # noqa: SLF001 - the raw /metrics text, not JSON
-            *kube._client.param_serialize("GET", "/metrics", auth_settings=["BearerToken"]),
-            _request_timeout=30,
-        )
-        .read()
-        .decode()
-    )
+    raw = kube._http.request(  # noqa: SLF001 - the raw /metrics text, not JSON
+        "GET",
+        kube._server + "/metrics",
+        headers=kube._auth,
+        timeout=30.0,
+        retries=False,  # noqa: SLF001
+    ).data.decode()
     out: Counter[tuple[str, str]] = Counter()
     for line in raw.splitlines():
         m = _SAMPLE.match(line)
@@ -103,17 +108,16 @@ def own_requests(base_url: str) -> dict[str, float]:
     return out
 
 
-def settle(kube: Kube, quiet_s: float = 30.0, timeout: float = 600.0) -> float:
-    """Wait until the API server served no write of ours for ``quiet_s`` (rollouts and first HPA
-    evaluations after a burst change the CRs' status for a while)."""
+def settle(kube: Kube, quiet_s: float = 30.0, timeout: float = 900.0) -> float:
+    """Wait until the API server served no request on the operator's resources but watches for
+    ``quiet_s``: rollouts and first HPA evaluations after a burst change the CRs' status for a
+    while, and after a restart each child is read once when its owner is first reconciled."""
     t0 = time.monotonic()
     before = request_counts(kube)
     while time.monotonic() - t0 < timeout:
         time.sleep(quiet_s)
         now = request_counts(kube)
-        if not any(
-            k.split(" ")[0] in ("PATCH", "POST", "PUT", "DELETE", "APPLY") for k in delta(now, before)
-        ):
+        if all(k.startswith("WATCH ") for k in delta(now, before)):
             return time.monotonic() - t0
         before = now
     return time.monotonic() - t0
@@ -132,30 +136,116 @@ def ensure_namespace(kube: Kube, name: str) -> None:
             raise
 
 
-def all_done(kube: Kube, namespace: str, n: int) -> bool:
-    crs = kube.list(CR, namespace)
-    deployments = {d["metadata"]["name"] for d in kube.list(KINDS["Deployment"], namespace)}
-    done = sum(
-        1
-        for c in crs
-        if (c.get("status") or {}).get("observedGeneration") == c["metadata"].get("generation")
-        and c["metadata"]["name"] in deployments
-    )
-    return done >= n
+class Progress:
+    """Which CRs of a namespace are done (``observedGeneration == generation`` and a Deployment), as
+    two watch streams tell it.
+
+    Not a LIST per poll: at 1,000 CRs each LIST of the namespace's CRs and Deployments made the API
+    server encode ~10 MB of JSON (``managedFields`` and all) and this client decode it, every
+    second of the burst: a load growing with N × T that the 100-CR burst barely paid, and the
+    1,000-CR burst paid on the two cores the operator and the controllers needed.
+    """
+
+    def __init__(self, kube: Kube, namespace: str) -> None:
+        self.kube, self.namespace = kube, namespace
+        self.deployments: set[str] = set()
+        self.observed: dict[str, bool] = {}
+        self.changed = threading.Condition()
+        self.closed = False
+        started = [self._start(kind) for kind in (CR, KINDS["Deployment"])]
+        for ready in started:
+            ready.wait(30)
+
+    def wait(self, n: int, timeout: float) -> float:
+        started = time.monotonic()
+        with self.changed:
+            while not self.changed.wait_for(lambda: self._count() >= n, timeout=5.0):
+                if time.monotonic() - started > timeout:
+                    raise TimeoutError(
+                        f"{self._count()} of {n} CRs in {self.namespace} done after {timeout} s"
+                    )
+        return time.monotonic() - started
+
+    def _count(self) -> int:
+        return sum(1 for name, ok in self.observed.items() if ok and name in self.deployments)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def _start(self, kind: Any) -> threading.Event:
+        ready = threading.Event()
+        threading.Thread(
+            target=self._watch, args=(kind, ready), daemon=True, name=f"watch {kind.plural}"
+        ).start()
+        return ready
+
+    def _apply(self, kind: Any, type_: str, obj: dict[str, Any]) -> None:
+        name = obj["metadata"]["name"]
+        with self.changed:
+            if kind is CR:
+                if type_ == "DELETED":
+                    self.observed.pop(name, None)
+                else:
+                    status = obj.get("status") or {}
+                    self.observed[name] = status.get("observedGeneration") == obj["metadata"].get(
+                        "generation"
+                    )
+            elif type_ == "DELETED":
+                self.deployments.discard(name)
+            else:
+                self.deployments.add(name)
+            self.changed.notify_all()
+
+    def _watch(self, kind: Any, ready: threading.Event) -> None:
+        http, server, auth = self.kube._http, self.kube._server, self.kube._auth  # noqa: SLF001
+        rv = ""
+        while not self.closed:
+            if not rv:  # (re)list: the namespace is empty at the start, so this is cheap
+                listed = self.kube._call("GET", kind.path(self.namespace))  # noqa: SLF001
+                for item in listed.get("items") or []:
+                    self._apply(kind, "ADDED", item)
+                rv = listed["metadata"]["resourceVersion"]
+            query = f"watch=true&allowWatchBookmarks=true&timeoutSeconds=300&resourceVersion={rv}"
+            response = http.request("GET", f"{server}{kind.path(self.namespace)}?{query}", headers=auth,
+                                    preload_content=False, timeout=urllib3.Timeout(connect=10, read=330),
+                                    retries=False)  # fmt: skip
+            ready.set()
+            try:
+                for line in _lines(response):
+                    event = json.loads(line)
+                    obj = event.get("object") or {}
+                    if event.get("type") == "ERROR":  # 410 Gone: the version is too old; relist
+                        rv = ""
+                        break
+                    rv = obj.get("metadata", {}).get("resourceVersion") or rv
+                    if event.get("type") != "BOOKMARK":
+                        self._apply(kind, event["type"], obj)
+            except (urllib3.exceptions.HTTPError, OSError):
+                time.sleep(1)
+            finally:
+                response.release_conn()
 
 
-def burst(
-    kube: Kube, namespace: str, n: int, threads: int = 8, poll: float = 1.0, timeout: float = 1800
-) -> float:
+def _lines(response: Any) -> Any:
+    """The newline-separated JSON events of a watch stream, as they arrive."""
+    pending = b""
+    for chunk in response.stream(65536, decode_content=True):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        yield from (line for line in lines if line.strip())
+
+
+def burst(kube: Kube, namespace: str, n: int, threads: int = 8, timeout: float = 1800) -> float:
     ensure_namespace(kube, namespace)
+    progress = Progress(kube, namespace)
     started = time.monotonic()
-    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda i: kube.create(cr_body(f"b{i}", namespace)), range(n)))
-    while time.monotonic() - started < timeout:
-        if all_done(kube, namespace, n):
-            return time.monotonic() - started
-        time.sleep(poll)
-    raise TimeoutError(f"{n} CRs in {namespace} not done after {timeout} s")
+    try:
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda i: kube.create(cr_body(f"b{i}", namespace)), range(n)))
+        progress.wait(n, timeout - (time.monotonic() - started))
+        return time.monotonic() - started
+    finally:
+        progress.close()
 
 
 def new_cr_latency(kube: Kube, namespace: str, tries: int) -> list[float]:
@@ -179,9 +269,17 @@ def main() -> int:
         "--kubeconfig", required=True, help="a real API server (rights to create CRs and read /metrics)"
     )
     p.add_argument("--bursts", type=int, nargs="+", default=[100, 1000])
+    p.add_argument(
+        "--burst-resync-seconds", type=float, default=600.0,
+        help="the operator's resync period through the bursts (its default); the idle interval then "
+        "restarts it with --resync-seconds, so that resyncs happen there to be counted",
+    )  # fmt: skip
     p.add_argument("--probes", type=int, default=5, help="new CRs timed one at a time at steady state")
     p.add_argument(
-        "--resync-seconds", type=float, default=60.0, help="the operator's resync period in this run"
+        "--resync-seconds",
+        type=float,
+        default=60.0,
+        help="the operator's resync period through the idle interval (short, so resyncs happen to be counted)",
     )
     p.add_argument("--idle-periods", type=float, default=3.0, help="resync periods in the idle interval")
     p.add_argument(
@@ -193,21 +291,27 @@ def main() -> int:
     )
     p.add_argument("--outage-seconds", type=float, default=45.0)
     p.add_argument("--out", type=Path, default=Path("bench-results/operator-cluster.json"))
+    p.add_argument(
+        "--operator", default=str(Path(sys.executable).parent / "autoglm-operator"),
+        help="the operator command: this environment's by default; name one installed with only the "
+        "operator extra (as in its image: no official kubernetes client) to measure the image's memory",
+    )  # fmt: skip
     p.add_argument("--prefix", default=f"bench-{uuid.uuid4().hex[:4]}", help="namespace prefix")
     args = p.parse_args()
     os.environ["KUBECONFIG"] = args.kubeconfig
-    from kubernetes.config import new_client_from_config  # noqa: F401 - the client reads KUBECONFIG
-
     from autoglm_operator.kube import load_configuration
 
     kube = Kube(load_configuration(), user_agent="autoglm-bench")
-    bin_dir = Path(sys.executable).parent
-    port = free_port()
-    argv = [str(bin_dir / "autoglm-operator"), "run", "--standalone", "-A", "--liveness-port", "0",
-            "--metrics-port", str(port), "--log-format", "text", "--resync-seconds", str(args.resync_seconds)]  # fmt: skip
     log_dir = args.out.parent / "logs"
-    op = RunningServer(ServerSpec("operator (real API server)", argv, port, "/metrics", backend="none",
-                                  env={"KUBECONFIG": args.kubeconfig}), log_dir)  # fmt: skip
+
+    def start_operator(resync_seconds: float) -> RunningServer:
+        port = free_port()
+        argv = [args.operator, "run", "--standalone", "-A", "--liveness-port", "0", "--metrics-port", str(port),
+                "--log-format", "text", "--resync-seconds", str(resync_seconds)]  # fmt: skip
+        return RunningServer(ServerSpec("operator (real API server)", argv, port, "/metrics", backend="none",
+                                        env={"KUBECONFIG": args.kubeconfig}), log_dir)  # fmt: skip
+
+    op = start_operator(args.burst_resync_seconds)
     result: dict[str, Any] = {
         "command": "python -m benchmarks.operator_cluster_bench " + " ".join(sys.argv[1:])
     }
@@ -232,6 +336,16 @@ def main() -> int:
         total = sum(args.bursts)
         # Steady state: the bursts' rollouts and first HPA evaluations settle, then measure idle.
         result["settle_s"] = settle(kube)
+        result["rss_settled_mib"] = op.rss_bytes() / MIB
+        if args.resync_seconds != args.burst_resync_seconds:
+            # The idle interval needs resyncs to count: restart with the short period. The restart
+            # is measured too: every CR listed and re-checked, then RSS once no write for 30 s.
+            op.stop()
+            op = start_operator(args.resync_seconds)
+            op.wait_ready(120)
+            result["restart"] = {"settle_s": settle(kube), "rss_mib": op.rss_bytes() / MIB}
+            print(f"restart at {sum(args.bursts)} CRs: RSS {result['restart']['rss_mib']:.0f} MiB once settled "
+                  f"({result['restart']['settle_s']:.0f} s)", flush=True)  # fmt: skip
         before = request_counts(kube)
         own_before = own_requests(op.spec.base_url)
         rss = []
