@@ -14,7 +14,7 @@ own client counts its requests too (``autoglm_operator_api_requests_total``). Me
   (watched, not polled), with the operator's default resync period; T(big)/T(small) (linear =
   big/small);
 - a restart of the operator at all those CRs (with the short resync period of the idle interval):
-  RSS once no write happened for 30 s;
+  RSS once the API server served it nothing but watches for 30 s;
 - at steady state: a new CR → its Deployment, several tries (p50/max);
 - an idle interval of several resync periods: API requests by verb and resource, per CR per resync;
 - operator RSS idle (before the bursts) and after, and through the idle interval.
@@ -71,13 +71,7 @@ _SAMPLE = re.compile(r"^apiserver_request_total\{([^}]*)\} ([0-9.e+]+)$")
 
 def request_counts(kube: Kube) -> Counter[tuple[str, str]]:
     """(verb, resource[/subresource]) → requests the API server has served, for our resources."""
-    raw = kube._http.request(  # noqa: SLF001 - the raw /metrics text, not JSON
-        "GET",
-        kube._server + "/metrics",
-        headers=kube._auth,
-        timeout=30.0,
-        retries=False,  # noqa: SLF001
-    ).data.decode()
+    raw = kube.raw("/metrics").data.decode()
     out: Counter[tuple[str, str]] = Counter()
     for line in raw.splitlines():
         m = _SAMPLE.match(line)
@@ -197,7 +191,6 @@ class Progress:
             self.changed.notify_all()
 
     def _watch(self, kind: Any, ready: threading.Event) -> None:
-        http, server, auth = self.kube._http, self.kube._server, self.kube._auth  # noqa: SLF001
         rv = ""
         while not self.closed:
             if not rv:  # (re)list: the namespace is empty at the start, so this is cheap
@@ -206,9 +199,7 @@ class Progress:
                     self._apply(kind, "ADDED", item)
                 rv = listed["metadata"]["resourceVersion"]
             query = f"watch=true&allowWatchBookmarks=true&timeoutSeconds=300&resourceVersion={rv}"
-            response = http.request("GET", f"{server}{kind.path(self.namespace)}?{query}", headers=auth,
-                                    preload_content=False, timeout=urllib3.Timeout(connect=10, read=330),
-                                    retries=False)  # fmt: skip
+            response = self.kube.raw(f"{kind.path(self.namespace)}?{query}", stream=True, read_timeout=330)
             ready.set()
             try:
                 for line in _lines(response):
@@ -339,7 +330,7 @@ def main() -> int:
         result["rss_settled_mib"] = op.rss_bytes() / MIB
         if args.resync_seconds != args.burst_resync_seconds:
             # The idle interval needs resyncs to count: restart with the short period. The restart
-            # is measured too: every CR listed and re-checked, then RSS once no write for 30 s.
+            # is measured too: every CR listed and re-checked, then RSS once settled (see settle).
             op.stop()
             op = start_operator(args.resync_seconds)
             op.wait_ready(120)

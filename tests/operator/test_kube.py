@@ -155,6 +155,8 @@ def test_a_rotated_token_is_loaded_again_after_a_401(
     assert [auth for _, auth, _ in _Api.seen] == ["Bearer old", "Bearer new"]
     assert {agent for _, _, agent in _Api.seen} == {"autoglm-test"}
     assert _Api.seen[0][0] == "/api/v1/namespaces/ns/configmaps/x"
+    raw = client.raw("/metrics")  # what benchmarks read: not JSON objects, status unchecked
+    assert (raw.status, _Api.seen[-1][:2]) == (200, ("/metrics", "Bearer new"))
     # Credentials given as such are not replaced: the 401 is the caller's answer, named.
     fixed = Kube(kopf.ConnectionInfo(server=api_server, token="wrong"))
     with pytest.raises(KubeApiError, match="401 Unauthorized") as e:

@@ -26,6 +26,7 @@ Whether a child is in sync is :mod:`autoglm_operator.sync`; the status after the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -267,10 +268,9 @@ def _apply(
 ) -> None:
     """Server-side apply each wanted child not known to be in sync; ``live`` gets every child's view.
     An optional kind whose CRD is not installed is skipped with a warning."""
-    for obj in wanted:
-        kind = kind_of(obj)
-        obj_ns, obj_name = obj["metadata"].get("namespace", namespace), obj["metadata"]["name"]
-        desired = obj  # carries its applied hash (_desired)
+    for desired in wanted:  # each carries its applied hash (_desired)
+        kind = kind_of(desired)
+        obj_ns, obj_name = desired["metadata"].get("namespace", namespace), desired["metadata"]["name"]
         try:
             record = current(cache, kube, kind, obj_ns, obj_name, desired)
             if record is not None and record_in_sync(record, desired):
@@ -327,7 +327,7 @@ def _desired(
     wanted = [with_hash(o) for o in order]
     if memo is not None and key:
         memo.put(uid, key, rendered, wanted)
-    return rendered, wanted
+    return dataclasses.replace(rendered, objects=wanted), wanted  # as a memo hit gives it
 
 
 def _plan(spec: api.AutoGLMDeploymentSpec, node_gpu: Any) -> Any:
